@@ -1,0 +1,257 @@
+//! The `drhost` command line: parse, call the library, render.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use drhost::audit::{self, Verdict};
+use drhost::orchestrator::{self, RunOptions, exit};
+use drhost::policy::Policy;
+use drhost::runtime::Runtime;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "drhost",
+    version,
+    about = "Executable, sandboxed, auditable disaster recovery"
+)]
+struct Cli {
+    /// Where drhost keeps its state: compile cache, plugin state, audit heads.
+    #[arg(long, global = true, env = "DRHOST_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario: detect, and if something is wrong contain, recover, verify.
+    Run {
+        /// The scenario component (.wasm).
+        plugin: PathBuf,
+        /// Policy file; default: <plugin>.policy.toml beside the plugin, else no grants.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Directory for run records (<out>/<run-id>/audit.jsonl).
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Run only the steps of one phase (detect, contain, backup, recover, verify).
+        #[arg(long)]
+        phase: Option<String>,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plugin's metadata, its imports, and what the policy grants.
+    Inspect {
+        plugin: PathBuf,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Compile a plugin into the cache ahead of time.
+    Compile { plugins: Vec<PathBuf> },
+    /// Verify or show an audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Prepare the quickstart's two local buckets and damage the primary.
+    Quickstart {
+        /// Directory that will hold primary/ and secondary/.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; name the first record that does not chain.
+    Verify { file: PathBuf },
+    /// Print a readable timeline.
+    Show { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DRHOST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::USAGE as u8)
+        }
+    }
+}
+
+/// `x.wasm` → `x.policy.toml` beside it, if present.
+fn default_policy(plugin: &Path) -> Option<PathBuf> {
+    let p = plugin.with_extension("policy.toml");
+    p.exists().then_some(p)
+}
+
+fn load_policy(explicit: Option<PathBuf>, plugin: &Path) -> anyhow::Result<Policy> {
+    match explicit.or_else(|| default_policy(plugin)) {
+        Some(p) => Ok(Policy::load(&p)?),
+        None => {
+            tracing::info!("no policy given or found beside the plugin: it runs with no grants");
+            Ok(Policy::deny_all())
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let state_dir = cli.state_dir.unwrap_or_else(drhost::default_state_dir);
+    match cli.command {
+        Command::Run {
+            plugin,
+            policy,
+            out,
+            phase,
+            json,
+        } => {
+            let policy = match load_policy(policy, &plugin) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(exit::USAGE);
+                }
+            };
+            let phase = match phase.as_deref().map(|p| (p, orchestrator::parse_phase(p))) {
+                None => None,
+                Some((_, Some(p))) => Some(p),
+                Some((p, None)) => {
+                    eprintln!(
+                        "error: unknown phase {p:?} (detect, contain, backup, recover, verify)"
+                    );
+                    return Ok(exit::USAGE);
+                }
+            };
+            let runtime = Runtime::new(Some(state_dir.join("cache")))?;
+            let opts = RunOptions {
+                policy,
+                out_dir: out,
+                state_dir,
+                phase,
+            };
+            match orchestrator::run(&runtime, &plugin, opts).await {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", orchestrator::render_table(&report));
+                    }
+                    Ok(report.exit_code)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(e.exit_code())
+                }
+            }
+        }
+        Command::Inspect { plugin, policy } => {
+            let policy = load_policy(policy, &plugin)?;
+            let runtime = Runtime::new(Some(state_dir.join("cache")))?;
+            match drhost::inspect::inspect(&runtime, &plugin, policy).await {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(exit::OK)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(e.exit_code())
+                }
+            }
+        }
+        Command::Compile { plugins } => {
+            let runtime = Runtime::new(Some(state_dir.join("cache")))?;
+            let mut code = exit::OK;
+            for p in plugins {
+                let start = std::time::Instant::now();
+                match runtime.precompile(&p) {
+                    Ok((sha, cached)) => println!(
+                        "{}: {} ({}…) in {:.0} ms",
+                        p.display(),
+                        if cached { "already cached" } else { "compiled" },
+                        &sha[..12],
+                        start.elapsed().as_secs_f64() * 1000.0
+                    ),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = exit::INVALID_PLUGIN;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => {
+            let run_id = file
+                .parent()
+                .and_then(|d| d.file_name())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let head = audit::load_head(&state_dir, &run_id);
+            if head.is_none() {
+                eprintln!(
+                    "note: no recorded head for run {run_id:?} in {}: checking the chain only",
+                    state_dir.display()
+                );
+            }
+            match audit::verify(&file, head.as_deref())
+                .with_context(|| format!("verifying {}", file.display()))?
+            {
+                Verdict::Ok { records, head } => {
+                    println!("OK: {records} records, chain intact, head {head}");
+                    Ok(0)
+                }
+                Verdict::Incomplete { records, head } => {
+                    println!(
+                        "INCOMPLETE: {records} records chain (head {head}), but the run summary is missing: the log was cut short"
+                    );
+                    Ok(1)
+                }
+                Verdict::Broken { line, reason } => {
+                    println!("BROKEN at line {line}: {reason}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Show { file },
+        } => {
+            let lines = audit::read(&file)?;
+            print!("{}", audit::render_timeline(&lines));
+            Ok(0)
+        }
+        Command::Quickstart { dir } => {
+            let d = drhost::quickstart::setup(&dir)
+                .with_context(|| format!("preparing buckets in {}", dir.display()))?;
+            println!(
+                "prepared {} objects in {dir}/primary and {dir}/secondary; damaged the primary: deleted {}, corrupted {}",
+                d.objects,
+                d.deleted,
+                d.corrupted,
+                dir = dir.display(),
+            );
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! Runs a scenario: validate its metadata, run detect, and if something was
+//! detected contain → recover → verify; measure each step against its budget
+//! and each component's recovery time against its RTO; record everything.
+
+use crate::audit::{self, AuditWriter};
+use crate::bindings::{Finding, Outcome, Phase, ScenarioInfo};
+use crate::caps::{Caps, Gate};
+use crate::policy::Policy;
+use crate::runtime::{CallFailure, LoadError, Plugin, Runtime};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Documented exit codes of `drhost run`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const TARGET_MISSED: i32 = 3;
+    pub const INVALID_PLUGIN: i32 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("invalid plugin: {0}")]
+    Metadata(String),
+    #[error("invalid plugin: {0}")]
+    Info(CallFailure),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Load(_) | RunError::Metadata(_) | RunError::Info(_) => exit::INVALID_PLUGIN,
+            RunError::Config(_) => exit::USAGE,
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub policy: Policy,
+    pub out_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// Run only the steps of this phase.
+    pub phase: Option<Phase>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub id: String,
+    pub phase: String,
+    pub component: String,
+    pub outcome: String,
+    pub detail: String,
+    pub findings: Vec<(String, String)>,
+    pub duration_ms: u64,
+    pub budget_s: u32,
+    pub over_budget: bool,
+    #[serde(skip)]
+    pub ended: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentResult {
+    pub name: String,
+    pub rto_s: u32,
+    pub rpo_s: u32,
+    /// healthy, recovered, failed
+    pub status: String,
+    pub recovery_s: Option<f64>,
+    pub rto_met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub scenario: String,
+    pub scenario_version: String,
+    pub component_sha256: String,
+    /// healthy, recovered, failed, target-missed
+    pub outcome: String,
+    pub exit_code: i32,
+    pub steps: Vec<StepResult>,
+    pub components: Vec<ComponentResult>,
+    pub audit_log: PathBuf,
+    pub calls: u64,
+    pub denied: u64,
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Detect => "detect",
+        Phase::Contain => "contain",
+        Phase::Backup => "backup",
+        Phase::Recover => "recover",
+        Phase::Verify => "verify",
+    }
+}
+
+pub fn parse_phase(s: &str) -> Option<Phase> {
+    Some(match s {
+        "detect" => Phase::Detect,
+        "contain" => Phase::Contain,
+        "backup" => Phase::Backup,
+        "recover" => Phase::Recover,
+        "verify" => Phase::Verify,
+        _ => return None,
+    })
+}
+
+/// Checks what `info` returned: unique step ids, known components, budgets.
+pub fn validate_info(info: &ScenarioInfo) -> Result<(), String> {
+    if info.name.trim().is_empty() {
+        return Err("the scenario has no name".into());
+    }
+    if info.steps.is_empty() {
+        return Err(format!("scenario {} declares no steps", info.name));
+    }
+    let mut components = HashSet::new();
+    for c in &info.components {
+        if !components.insert(c.name.as_str()) {
+            return Err(format!("component {:?} is declared twice", c.name));
+        }
+        if c.rto_seconds == 0 {
+            return Err(format!("component {:?} has an RTO of 0 s", c.name));
+        }
+    }
+    let mut ids = HashSet::new();
+    for s in &info.steps {
+        if s.id.trim().is_empty() {
+            return Err("a step has an empty id".into());
+        }
+        if !ids.insert(s.id.as_str()) {
+            return Err(format!("step id {:?} is used twice", s.id));
+        }
+        if !components.contains(s.component.as_str()) {
+            return Err(format!(
+                "step {:?} acts on component {:?}, which the scenario does not declare",
+                s.id, s.component
+            ));
+        }
+        if s.budget_seconds == 0 {
+            return Err(format!("step {:?} has a budget of 0 s", s.id));
+        }
+    }
+    Ok(())
+}
+
+fn findings_json(f: &[Finding]) -> Value {
+    Value::Array(f.iter().map(|f| json!([f.key, f.value])).collect())
+}
+
+/// Runs a scenario end to end. Errors are for runs that could not start; a
+/// run that started always ends in a report (and a complete audit log).
+pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<RunReport, RunError> {
+    let plugin = runtime.load(wasm)?;
+    if let Some(pin) = &opts.policy.plugin.sha256
+        && !pin.eq_ignore_ascii_case(&plugin.sha256)
+    {
+        return Err(LoadError::PinMismatch {
+            path: wasm.to_path_buf(),
+            expected: pin.clone(),
+            actual: plugin.sha256.clone(),
+        }
+        .into());
+    }
+    let policy = Arc::new(opts.policy);
+
+    // The state store is per scenario, so `info` runs first on a throwaway one.
+    let probe =
+        Arc::new(build_caps(&policy, None, crate::caps::state::StateCap::ephemeral(0)).await?);
+    let info = runtime
+        .info(&plugin, &probe)
+        .await
+        .map_err(RunError::Info)?;
+    validate_info(&info).map_err(RunError::Metadata)?;
+
+    let run_id = crate::clock::new_run_id();
+    let audit_path = opts.out_dir.join(&run_id).join("audit.jsonl");
+    let writer = AuditWriter::create(&audit_path).map_err(|e| RunError::Config(e.to_string()))?;
+    let state = crate::caps::state::StateCap::load(
+        &opts.state_dir,
+        &info.name,
+        policy.limits.state_bytes.0,
+    )
+    .map_err(|e| RunError::Config(e.to_string()))?;
+    let caps = Arc::new(build_caps(&policy, Some(writer), state).await?);
+
+    let mut start = Map::new();
+    start.insert("run_id".into(), run_id.clone().into());
+    start.insert("drhost_version".into(), env!("CARGO_PKG_VERSION").into());
+    start.insert("wasmtime_version".into(), crate::WASMTIME_VERSION.into());
+    start.insert(
+        "wit_version".into(),
+        format!("drhost:plugin@{}", plugin.wit_version).into(),
+    );
+    start.insert("component".into(), wasm.display().to_string().into());
+    start.insert("component_sha256".into(), plugin.sha256.clone().into());
+    start.insert(
+        "policy".into(),
+        policy
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .into(),
+    );
+    start.insert("policy_sha256".into(), policy.sha256.clone().into());
+    start.insert("host".into(), crate::hostname().into());
+    start.insert("scenario".into(), info.name.clone().into());
+    start.insert("scenario_version".into(), info.version.clone().into());
+    start.insert(
+        "mode".into(),
+        opts.phase.map(phase_name).unwrap_or("recover").into(),
+    );
+    caps.gate.record("run-start", start);
+    let mut meta = Map::new();
+    meta.insert(
+        "components".into(),
+        info.components
+            .iter()
+            .map(|c| json!({"name": c.name, "kind": format!("{:?}", c.kind).to_lowercase(), "priority": format!("{:?}", c.priority), "rto_s": c.rto_seconds, "rpo_s": c.rpo_seconds}))
+            .collect(),
+    );
+    meta.insert(
+        "steps".into(),
+        info.steps
+            .iter()
+            .map(|s| json!({"id": s.id, "phase": phase_name(s.phase), "component": s.component, "budget_s": s.budget_seconds, "mutating": s.mutating}))
+            .collect(),
+    );
+    caps.gate.record("scenario", meta);
+
+    let mut runner = Runner {
+        runtime,
+        plugin: &plugin,
+        caps: &caps,
+        context: Vec::new(),
+        results: Vec::new(),
+    };
+    let run_started = Instant::now();
+    let mut detected_at: Option<Instant> = None;
+    let mut detected_components: Vec<String> = Vec::new();
+
+    match opts.phase {
+        Some(phase) => {
+            for step in info.steps.iter().filter(|s| s.phase == phase) {
+                runner.step(step).await;
+            }
+        }
+        None => {
+            for step in info.steps.iter().filter(|s| s.phase == Phase::Detect) {
+                let r = runner.step(step).await;
+                if r.outcome == "detected" {
+                    detected_at.get_or_insert(r.ended.unwrap_or_else(Instant::now));
+                    if !detected_components.contains(&step.component) {
+                        detected_components.push(step.component.clone());
+                    }
+                }
+            }
+            if detected_at.is_some() {
+                let mut failed_components: HashSet<String> = HashSet::new();
+                for phase in [Phase::Contain, Phase::Recover, Phase::Verify] {
+                    for step in info.steps.iter().filter(|s| s.phase == phase) {
+                        if phase != Phase::Verify && failed_components.contains(&step.component) {
+                            runner.skip(step, "an earlier step of this component failed");
+                            continue;
+                        }
+                        let r = runner.step(step).await;
+                        if r.outcome == "failed" {
+                            failed_components.insert(step.component.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = run_started;
+
+    // Per component: detection to verified recovery, against the RTO.
+    let mut components = Vec::new();
+    for c in &info.components {
+        let steps: Vec<&StepResult> = runner
+            .results
+            .iter()
+            .filter(|r| r.component == c.name)
+            .collect();
+        let any_failed = steps.iter().any(|r| r.outcome == "failed");
+        let detected = detected_components.contains(&c.name);
+        let (status, recovery_s, rto_met) = if !detected {
+            (if any_failed { "failed" } else { "healthy" }, None, None)
+        } else {
+            let last_verify = steps
+                .iter()
+                .filter(|r| r.phase == "verify")
+                .filter_map(|r| r.ended)
+                .max();
+            let verified = !any_failed
+                && steps
+                    .iter()
+                    .any(|r| r.phase == "verify" && r.outcome == "ok");
+            match (verified, detected_at, last_verify) {
+                (true, Some(d), Some(v)) => {
+                    let secs = v.saturating_duration_since(d).as_secs_f64();
+                    (
+                        "recovered",
+                        Some(secs),
+                        Some(secs <= f64::from(c.rto_seconds)),
+                    )
+                }
+                _ => ("failed", None, None),
+            }
+        };
+        components.push(ComponentResult {
+            name: c.name.clone(),
+            rto_s: c.rto_seconds,
+            rpo_s: c.rpo_seconds,
+            status: status.into(),
+            recovery_s,
+            rto_met,
+        });
+    }
+
+    let failed = runner
+        .results
+        .iter()
+        .any(|r| r.outcome == "failed" && !r.over_budget);
+    let over = runner.results.iter().any(|r| r.over_budget)
+        || components.iter().any(|c| c.rto_met == Some(false));
+    let any_detected = detected_at.is_some();
+    let (outcome, exit_code) = if failed {
+        ("failed", exit::FAILED)
+    } else if over {
+        ("target-missed", exit::TARGET_MISSED)
+    } else if opts.phase.is_some() {
+        ("completed", exit::OK)
+    } else if any_detected {
+        ("recovered", exit::OK)
+    } else {
+        ("healthy", exit::OK)
+    };
+
+    let calls = caps.gate.counters.calls.load(Ordering::Relaxed);
+    let denied = caps.gate.counters.denied.load(Ordering::Relaxed);
+    let mut end = Map::new();
+    end.insert("outcome".into(), outcome.into());
+    end.insert("exit_code".into(), exit_code.into());
+    end.insert(
+        "duration_ms".into(),
+        u64::try_from(run_started.elapsed().as_millis())
+            .unwrap_or(0)
+            .into(),
+    );
+    end.insert("calls".into(), calls.into());
+    end.insert("denied".into(), denied.into());
+    end.insert(
+        "components".into(),
+        serde_json::to_value(&components).unwrap_or(Value::Null),
+    );
+    end.insert(
+        "steps".into(),
+        runner
+            .results
+            .iter()
+            .map(|r| json!({"id": r.id, "outcome": r.outcome, "duration_ms": r.duration_ms, "budget_s": r.budget_s, "over_budget": r.over_budget}))
+            .collect(),
+    );
+    caps.gate.record("run-end", end);
+    if let Some(mut w) = caps.gate.take_audit() {
+        if let Err(e) = w.finish() {
+            tracing::error!("{e}");
+        }
+        if let Err(e) = audit::store_head(&opts.state_dir, &run_id, w.head()) {
+            tracing::error!("could not record the audit head in the state directory: {e}");
+        }
+    }
+    if let Err(e) = caps.state.persist() {
+        tracing::error!("{e}");
+    }
+
+    Ok(RunReport {
+        run_id,
+        scenario: info.name.clone(),
+        scenario_version: info.version.clone(),
+        component_sha256: plugin.sha256.clone(),
+        outcome: outcome.into(),
+        exit_code,
+        steps: runner.results,
+        components,
+        audit_log: audit_path,
+        calls,
+        denied,
+    })
+}
+
+/// Builds the capabilities of a run from its policy.
+pub async fn build_caps(
+    policy: &Arc<Policy>,
+    audit: Option<AuditWriter>,
+    state: crate::caps::state::StateCap,
+) -> Result<Caps, RunError> {
+    Ok(Caps {
+        gate: Gate::new(audit),
+        s3: crate::caps::s3::S3Cap::from_policy(policy)
+            .await
+            .map_err(|e| RunError::Config(format!("policy: {e}")))?,
+        db: crate::caps::db::DbCap::from_policy(policy),
+        http: crate::caps::http::HttpCap {
+            policy: policy.http.clone(),
+            max_response_bytes: policy.max_response_bytes(),
+        },
+        state,
+        policy: Arc::clone(policy),
+    })
+}
+
+struct Runner<'a> {
+    runtime: &'a Runtime,
+    plugin: &'a Plugin,
+    caps: &'a Arc<Caps>,
+    context: Vec<Finding>,
+    results: Vec<StepResult>,
+}
+
+impl Runner<'_> {
+    async fn step(&mut self, step: &crate::bindings::Step) -> StepResult {
+        let gate = &self.caps.gate;
+        gate.set_step(&step.id);
+        let mut f = Map::new();
+        f.insert("step".into(), step.id.clone().into());
+        f.insert("phase".into(), phase_name(step.phase).into());
+        f.insert("component".into(), step.component.clone().into());
+        f.insert("budget_s".into(), step.budget_seconds.into());
+        f.insert("mutating".into(), step.mutating.into());
+        gate.record("step-start", f);
+        tracing::info!("▶ {} [{}]", step.id, phase_name(step.phase));
+
+        let budget = Duration::from_secs(step.budget_seconds.into());
+        let started = Instant::now();
+        let result = self
+            .runtime
+            .run_step(self.plugin, self.caps, &step.id, &self.context, budget)
+            .await;
+        let elapsed = started.elapsed();
+        let (outcome, detail, findings, over_budget) = match result {
+            Ok(Outcome::Ok(f)) => ("ok", String::new(), f, false),
+            Ok(Outcome::Detected(f)) => ("detected", String::new(), f, false),
+            Ok(Outcome::Failed(r)) => ("failed", r, vec![], false),
+            Ok(Outcome::Skipped(r)) => ("skipped", r, vec![], false),
+            Err(e @ CallFailure::Budget { .. }) => ("failed", e.to_string(), vec![], true),
+            Err(e) => ("failed", e.to_string(), vec![], false),
+        };
+        let over_budget = over_budget || elapsed > budget;
+        let mut f = Map::new();
+        f.insert("step".into(), step.id.clone().into());
+        f.insert("outcome".into(), outcome.into());
+        if !detail.is_empty() {
+            f.insert("detail".into(), detail.clone().into());
+        }
+        f.insert("findings".into(), findings_json(&findings));
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        f.insert("duration_ms".into(), duration_ms.into());
+        f.insert("budget_s".into(), step.budget_seconds.into());
+        f.insert("over_budget".into(), over_budget.into());
+        gate.record("step-end", f);
+        gate.flush();
+        match outcome {
+            "failed" => tracing::warn!("■ {} failed: {detail}", step.id),
+            _ => tracing::info!("■ {} {outcome} in {duration_ms} ms", step.id),
+        }
+        self.context.extend(findings.iter().cloned());
+        let r = StepResult {
+            id: step.id.clone(),
+            phase: phase_name(step.phase).into(),
+            component: step.component.clone(),
+            outcome: outcome.into(),
+            detail,
+            findings: findings.into_iter().map(|f| (f.key, f.value)).collect(),
+            duration_ms,
+            budget_s: step.budget_seconds,
+            over_budget,
+            ended: Some(Instant::now()),
+        };
+        self.results.push(r.clone());
+        r
+    }
+
+    fn skip(&mut self, step: &crate::bindings::Step, why: &str) {
+        let mut f = Map::new();
+        f.insert("step".into(), step.id.clone().into());
+        f.insert("outcome".into(), "skipped".into());
+        f.insert("detail".into(), why.into());
+        self.caps.gate.record("step-end", f);
+        self.results.push(StepResult {
+            id: step.id.clone(),
+            phase: phase_name(step.phase).into(),
+            component: step.component.clone(),
+            outcome: "skipped".into(),
+            detail: why.into(),
+            findings: vec![],
+            duration_ms: 0,
+            budget_s: step.budget_seconds,
+            over_budget: false,
+            ended: None,
+        });
+    }
+}
+
+/// The terminal table of a finished run.
+pub fn render_table(r: &RunReport) -> String {
+    let mut out = format!(
+        "{} {} — run {}\n\n{:<28} {:<8} {:<9} {:>10} {:>8}  {}\n",
+        r.scenario,
+        r.scenario_version,
+        r.run_id,
+        "STEP",
+        "PHASE",
+        "OUTCOME",
+        "DURATION",
+        "BUDGET",
+        "DETAIL"
+    );
+    for s in &r.steps {
+        let dur = if s.duration_ms >= 1000 {
+            format!("{:.1} s", s.duration_ms as f64 / 1000.0)
+        } else {
+            format!("{} ms", s.duration_ms)
+        };
+        let mark = if s.over_budget { " (over)" } else { "" };
+        out.push_str(&format!(
+            "{:<28} {:<8} {:<9} {:>10} {:>6} s  {}{mark}\n",
+            s.id, s.phase, s.outcome, dur, s.budget_s, s.detail
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<28} {:<10} {:>12} {:>8}\n",
+        "COMPONENT", "STATUS", "RECOVERY", "RTO"
+    ));
+    for c in &r.components {
+        let rec = c
+            .recovery_s
+            .map(|s| format!("{s:.1} s"))
+            .unwrap_or_else(|| "-".into());
+        let met = match c.rto_met {
+            Some(true) => " met",
+            Some(false) => " MISSED",
+            None => "",
+        };
+        out.push_str(&format!(
+            "{:<28} {:<10} {:>12} {:>6} s{met}\n",
+            c.name, c.status, rec, c.rto_s
+        ));
+    }
+    out.push_str(&format!(
+        "\noutcome: {} (exit {}) · {} capability calls, {} denied\naudit log: {}\n",
+        r.outcome,
+        r.exit_code,
+        r.calls,
+        r.denied,
+        r.audit_log.display()
+    ));
+    out
+}

@@ -1,0 +1,603 @@
+//! The policy file: which resources a plugin may use, and how.
+//!
+//! Everything is denied unless granted here. The file is TOML; unknown keys
+//! are errors (with line and column), so a misspelt grant never silently
+//! grants nothing, or something else.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid policy {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A parsed and validated policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub plugin: PluginSection,
+    #[serde(default)]
+    pub limits: Limits,
+    /// S3 aliases, by name.
+    #[serde(default)]
+    pub s3: BTreeMap<String, S3Grant>,
+    /// Database connections, by name.
+    #[serde(default)]
+    pub db: BTreeMap<String, DbGrant>,
+    #[serde(default)]
+    pub http: HttpPolicy,
+    /// Where the policy came from; relative paths in it resolve against its directory.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// sha256 of the policy file's bytes, for the audit log.
+    #[serde(skip)]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// Refuse any component whose sha256 differs (lowercase hex).
+    pub sha256: Option<String>,
+}
+
+/// Resource limits for the guest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Limits {
+    /// Linear memory per instance.
+    pub memory: ByteSize,
+    /// Largest object, query result or HTTP body copied into the guest.
+    pub max_guest_bytes: ByteSize,
+    /// Most rows one query may return.
+    pub max_rows: u64,
+    /// Total size of the scenario's state store.
+    pub state_bytes: ByteSize,
+    /// Guest stdout/stderr kept per step; the rest is dropped with a note.
+    pub output_bytes: ByteSize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: ByteSize(64 << 20),
+            max_guest_bytes: ByteSize(8 << 20),
+            max_rows: 10_000,
+            state_bytes: ByteSize(1 << 20),
+            output_bytes: ByteSize(64 << 10),
+        }
+    }
+}
+
+/// What an S3 alias may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum S3Access {
+    Read,
+    List,
+    Write,
+    Delete,
+}
+
+impl fmt::Display for S3Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            S3Access::Read => "read",
+            S3Access::List => "list",
+            S3Access::Write => "write",
+            S3Access::Delete => "delete",
+        })
+    }
+}
+
+/// `[s3.<alias>]`: a bucket (S3 or a local directory), a prefix, and access modes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct S3Grant {
+    /// A local directory acting as the bucket (the embedded default).
+    pub path: Option<PathBuf>,
+    /// Bucket name on an S3-compatible endpoint.
+    pub bucket: Option<String>,
+    /// Key prefix the alias is confined to ("" for the whole bucket).
+    #[serde(default)]
+    pub prefix: String,
+    pub access: Vec<S3Access>,
+    /// S3 endpoint URL; the AWS default when absent.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    /// `env:NAME` or a literal; when absent the standard AWS chain is used.
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+}
+
+impl S3Grant {
+    pub fn allows(&self, access: S3Access) -> bool {
+        self.access.contains(&access)
+    }
+}
+
+/// Database access mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DbAccess {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl fmt::Display for DbAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DbAccess::ReadOnly => "read-only",
+            DbAccess::ReadWrite => "read-write",
+        })
+    }
+}
+
+/// `[db.<name>]`: a connection and its access mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DbGrant {
+    /// `mysql://…`, `mariadb://…`, `postgres://…` or `sqlite:…`; `env:NAME` allowed.
+    pub url: Secret,
+    pub access: DbAccess,
+    /// Overrides `limits.max-rows` for this connection.
+    pub max_rows: Option<u64>,
+}
+
+/// `[http]`: the outgoing allow-list.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpPolicy {
+    /// URL prefixes: scheme, host, optional port, optional path prefix.
+    #[serde(default)]
+    pub allow: Vec<AllowedUrl>,
+    /// Address ranges (CIDR) that allowed host *names* may resolve to,
+    /// beyond public unicast addresses. Private, loopback and link-local
+    /// addresses are refused for names unless listed here.
+    #[serde(default)]
+    pub addresses: Vec<IpNet>,
+    /// Largest response body; defaults to `limits.max-guest-bytes`.
+    pub max_response_bytes: Option<ByteSize>,
+}
+
+/// A secret: a literal or `env:NAME`, resolved only in the host and never
+/// printed (its `Debug` is redacted).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn literal(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret's value. `env:NAME` reads the host environment.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self.0.strip_prefix("env:") {
+            Some(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
+            None => Ok(self.0.clone()),
+        }
+    }
+
+    /// How to describe it without revealing it.
+    pub fn describe(&self) -> String {
+        match self.0.strip_prefix("env:") {
+            Some(name) => format!("env:{name}"),
+            None => "<literal>".into(),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.describe())
+    }
+}
+
+/// A byte count written as an integer or as "64 MiB", "8MB", "512 KiB".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected e.g. \"64 MiB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n >= 1 << 30 && n % (1 << 30) == 0 {
+            write!(f, "{} GiB", n >> 30)
+        } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+            write!(f, "{} MiB", n >> 20)
+        } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+            write!(f, "{} KiB", n >> 10)
+        } else {
+            write!(f, "{n} bytes")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// An allow-list entry for outgoing HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedUrl {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    pub path_prefix: String,
+    /// The entry names an IP address rather than a host name.
+    pub is_ip: bool,
+    pub text: String,
+}
+
+impl AllowedUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url =
+            url::Url::parse(s).map_err(|e| format!("invalid URL {s:?} in [http] allow: {e}"))?;
+        let scheme = url.scheme().to_string();
+        if scheme != "http" && scheme != "https" {
+            return Err(format!(
+                "[http] allow entry {s:?}: only http and https are supported"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "[http] allow entry {s:?}: credentials do not belong in a URL"
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "[http] allow entry {s:?}: no query or fragment allowed"
+            ));
+        }
+        let (host, is_ip) = match url.host() {
+            Some(url::Host::Domain(d)) => (d.to_ascii_lowercase(), false),
+            Some(url::Host::Ipv4(a)) => (a.to_string(), true),
+            Some(url::Host::Ipv6(a)) => (a.to_string(), true),
+            None => return Err(format!("[http] allow entry {s:?} has no host")),
+        };
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| format!("[http] allow entry {s:?} has no port"))?;
+        Ok(AllowedUrl {
+            scheme,
+            host,
+            port,
+            path_prefix: url.path().to_string(),
+            is_ip,
+            text: s.to_string(),
+        })
+    }
+
+    /// Whether a request to this scheme/host/port/path falls under the entry.
+    /// The path must equal the prefix or continue it at a `/` boundary (or
+    /// the prefix ends in `/`), so `/health` does not allow `/healthz-admin`.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+        if self.scheme != scheme || self.host != host || self.port != port {
+            return false;
+        }
+        let p = self.path_prefix.as_str();
+        if p == "/" || p.is_empty() {
+            return true;
+        }
+        match path.strip_prefix(p) {
+            Some(rest) => {
+                p.ends_with('/')
+                    || rest.is_empty()
+                    || rest.starts_with('/')
+                    || rest.starts_with('?')
+            }
+            None => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AllowedUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AllowedUrl::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An address range in CIDR notation (`127.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("invalid address {s:?} in [http] addresses"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            if prefix == 0 {
+                0
+            } else {
+                bits >> (width - u32::from(prefix))
+            }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                masked(u32::from(n).into(), 32, self.prefix)
+                    == masked(u32::from(i).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => {
+                masked(u128::from(n), 128, self.prefix) == masked(u128::from(i), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        IpNet::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Policy {
+    /// The empty policy: no grants at all.
+    pub fn deny_all() -> Self {
+        Policy::default()
+    }
+
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let bytes = std::fs::read(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = String::from_utf8(bytes.clone()).map_err(|_| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            message: "not UTF-8".into(),
+        })?;
+        let mut policy = Policy::parse(&text).map_err(|message| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        policy.source = Some(path.to_path_buf());
+        policy.sha256 = Some(crate::digest::sha256_hex(&bytes));
+        Ok(policy)
+    }
+
+    /// Parses and validates policy text (relative paths stay relative).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let policy: Policy =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(pin) = &self.plugin.sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "[plugin] sha256 must be 64 hex digits, got {pin:?}"
+            ));
+        }
+        if self.limits.memory.0 < (1 << 20) {
+            return Err(format!(
+                "[limits] memory = {} is too small (at least 1 MiB)",
+                self.limits.memory
+            ));
+        }
+        for (alias, g) in &self.s3 {
+            check_name("s3", alias)?;
+            match (&g.path, &g.bucket) {
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "[s3.{alias}] has both path (a local directory) and bucket (S3): choose one"
+                    ));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "[s3.{alias}] needs either path = \"dir\" (local) or bucket = \"name\" (S3)"
+                    ));
+                }
+                _ => {}
+            }
+            if g.path.is_some()
+                && (g.endpoint.is_some() || g.access_key_id.is_some() || g.region.is_some())
+            {
+                return Err(format!(
+                    "[s3.{alias}] is a local directory: endpoint, region and keys do not apply"
+                ));
+            }
+            if g.access.is_empty() {
+                return Err(format!(
+                    "[s3.{alias}] grants no access: list some of read, list, write, delete"
+                ));
+            }
+            if !g.prefix.is_empty() {
+                crate::caps::s3::keys::validate_key(&g.prefix)
+                    .map_err(|e| format!("[s3.{alias}] prefix: {e}"))?;
+                if !g.prefix.ends_with('/') {
+                    return Err(format!(
+                        "[s3.{alias}] prefix {:?} must end with '/' so that it names a folder",
+                        g.prefix
+                    ));
+                }
+            }
+        }
+        for name in self.db.keys() {
+            check_name("db", name)?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the policy against the policy file's directory.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        match self.source.as_ref().and_then(|s| s.parent()) {
+            Some(dir) => dir.join(p),
+            None => p.to_path_buf(),
+        }
+    }
+
+    pub fn max_response_bytes(&self) -> u64 {
+        self.http
+            .max_response_bytes
+            .unwrap_or(self.limits.max_guest_bytes)
+            .0
+    }
+}
+
+fn check_name(table: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "[{table}.{name}]: names may use letters, digits, '-' and '_' only"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_rejected_with_line_and_column() {
+        let err = Policy::parse("[limits]\nmemroy = \"64 MiB\"\n").unwrap_err();
+        assert!(err.contains("line 2, column 1"), "{err}");
+        assert!(err.contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn bad_access_mode_points_at_its_line() {
+        let err =
+            Policy::parse("[s3.a]\npath = \"x\"\naccess = [\"read\", \"destroy\"]\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("destroy"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(ByteSize::parse("64 MiB").unwrap().0, 64 << 20);
+        assert_eq!(ByteSize::parse("8MB").unwrap().0, 8_000_000);
+        assert_eq!(ByteSize::parse("512").unwrap().0, 512);
+        assert!(ByteSize::parse("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn empty_policy_grants_nothing() {
+        let p = Policy::parse("").unwrap();
+        assert!(p.s3.is_empty() && p.db.is_empty() && p.http.allow.is_empty());
+        assert_eq!(p.limits.memory.0, 64 << 20);
+    }
+
+    #[test]
+    fn alias_needs_exactly_one_backend() {
+        let err = Policy::parse("[s3.a]\naccess = [\"read\"]\n").unwrap_err();
+        assert!(err.contains("needs either path"), "{err}");
+        let err = Policy::parse("[s3.a]\npath = \"x\"\nbucket = \"b\"\naccess = [\"read\"]\n")
+            .unwrap_err();
+        assert!(err.contains("choose one"), "{err}");
+    }
+
+    #[test]
+    fn url_prefix_matches_on_segment_boundaries() {
+        let a = AllowedUrl::parse("http://127.0.0.1:3000/health").unwrap();
+        assert!(a.matches("http", "127.0.0.1", 3000, "/health"));
+        assert!(a.matches("http", "127.0.0.1", 3000, "/health/db"));
+        assert!(!a.matches("http", "127.0.0.1", 3000, "/healthz"));
+        assert!(!a.matches("https", "127.0.0.1", 3000, "/health"));
+        assert!(!a.matches("http", "127.0.0.1", 3001, "/health"));
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let n = IpNet::parse("127.0.0.0/8").unwrap();
+        assert!(n.contains("127.1.2.3".parse().unwrap()));
+        assert!(!n.contains("128.0.0.1".parse().unwrap()));
+        assert!(
+            IpNet::parse("::1")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::literal("mysql://root:hunter2@db/x");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,432 @@
+//! The wasmtime side: one engine, a compile cache, loading and checking
+//! components, and running one export call in a fresh store with a deadline.
+
+use crate::bindings::{self, Finding, Outcome, ScenarioInfo, ScenarioPre};
+use crate::caps::Caps;
+use crate::host::HostState;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+/// How often the epoch ticks; budgets are enforced to this resolution.
+const TICK: Duration = Duration::from_millis(10);
+/// Largest linear memory any policy may allow (pool reservation per memory).
+pub const MAX_MEMORY: u64 = 4 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly binary (it does not start with \\0asm)")]
+    NotWasm { path: PathBuf },
+    #[error(
+        "{path} is a core WebAssembly module, not a component: build the plugin for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{path} is not a valid component: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "{path} was built for {found}, which this drhost does not support: it implements drhost:plugin@{supported} (compatible: 0.1.x). Rebuild the plugin against wit/ of this drhost"
+    )]
+    WrongVersion {
+        path: PathBuf,
+        found: String,
+        supported: String,
+    },
+    #[error(
+        "{path} is not a drhost scenario: it exports [{exports}], but not drhost:plugin/plugin@{supported}"
+    )]
+    NotScenario {
+        path: PathBuf,
+        exports: String,
+        supported: String,
+    },
+    #[error("{path} does not fit the drhost:plugin/scenario world: {message}")]
+    Mismatch { path: PathBuf, message: String },
+    #[error("{path} has sha256 {actual}, but the policy pins {expected}")]
+    PinMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// Why a call into the guest did not return an outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    /// Stopped by the epoch deadline.
+    Budget { step: String, budget_s: u64 },
+    /// Ran out of the memory the policy allows.
+    Memory { step: String, limit: u64 },
+    /// Any other trap.
+    Trap { step: String, message: String },
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallFailure::Budget { step, budget_s } => {
+                write!(f, "step {step} exceeded its budget of {budget_s} s")
+            }
+            CallFailure::Memory { step, limit } => write!(
+                f,
+                "step {step} exceeded the memory limit of {} ([limits] memory) and trapped",
+                crate::policy::ByteSize(*limit)
+            ),
+            CallFailure::Trap { step, message } => write!(f, "step {step} trapped: {message}"),
+        }
+    }
+}
+
+/// The shared engine, linker and compile cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A loaded, checked component, ready to instantiate.
+pub struct Plugin {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub wit_version: String,
+    pub imports: Vec<String>,
+    pub from_cache: bool,
+    pub load_time: Duration,
+    pre: ScenarioPre<HostState>,
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(64)
+            .total_core_instances(512)
+            .total_memories(128)
+            .total_tables(256)
+            .max_memories_per_component(16)
+            .max_tables_per_component(32)
+            .max_core_instances_per_component(64)
+            .max_memory_size(MAX_MEMORY as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+impl Runtime {
+    /// `cache_dir`: where compiled components are kept (None: no cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        // The pooling allocator makes instantiation cheap; fall back to
+        // on-demand allocation where the address space cannot be reserved.
+        let engine = match Engine::new(&engine_config(true)) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
+                Engine::new(&engine_config(false)).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
+        };
+        let mut linker = Linker::<HostState>::new(&engine);
+        let link =
+            |r: wasmtime::Result<()>| r.map_err(|e| anyhow::anyhow!("linking host functions: {e}"));
+        link(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
+        link(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
+            &mut linker,
+        ))?;
+        use bindings::drhost::plugin as p;
+        link(p::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::clock::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::state::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::s3::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::db::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("drhost-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            stop_ticker: stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn cache_path(&self, sha: &str) -> Option<PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(dir.join(format!("{sha}-{:016x}.cwasm", h.finish())))
+    }
+
+    /// Compiles (or loads from the cache) and checks a component file.
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        let start = Instant::now();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let sha256 = crate::digest::sha256_hex(&bytes);
+        let (component, from_cache) = self.compile(path, &bytes, &sha256)?;
+        let (pre, wit_version, imports) = self.check(path, &component)?;
+        Ok(Plugin {
+            path: path.to_path_buf(),
+            sha256,
+            wit_version,
+            imports,
+            from_cache,
+            load_time: start.elapsed(),
+            pre,
+        })
+    }
+
+    /// Compiles a component into the cache without running it (`drhost compile`).
+    pub fn precompile(&self, path: &Path) -> Result<(String, bool), LoadError> {
+        let plugin = self.load(path)?;
+        Ok((plugin.sha256, plugin.from_cache))
+    }
+
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha: &str,
+    ) -> Result<(Component, bool), LoadError> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm {
+                path: path.to_path_buf(),
+            });
+        }
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(LoadError::CoreModule {
+                path: path.to_path_buf(),
+            });
+        }
+        let cached = self.cache_path(sha);
+        if let Some(c) = &cached
+            && c.exists()
+        {
+            // SAFETY: the file is one this runtime serialized into its own
+            // cache directory, keyed by the component's sha256 and the
+            // engine's compatibility hash; deserialize_file still checks that
+            // it was produced by a compatible engine.
+            match unsafe { Component::deserialize_file(&self.engine, c) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!("ignoring unusable cache entry {}: {e}", c.display()),
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })?;
+        if let Some(c) = cached {
+            if let Err(e) = write_cache(&c, &component) {
+                tracing::warn!("could not cache compiled component at {}: {e}", c.display());
+            }
+        }
+        Ok((component, false))
+    }
+
+    fn check(
+        &self,
+        path: &Path,
+        component: &Component,
+    ) -> Result<(ScenarioPre<HostState>, String, Vec<String>), LoadError> {
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let ours = exports
+            .iter()
+            .find_map(|e| e.strip_prefix("drhost:plugin/plugin@"))
+            .map(str::to_string);
+        let found_version = match ours {
+            Some(v) => v,
+            None => {
+                if let Some(other) = exports
+                    .iter()
+                    .chain(&imports)
+                    .find_map(|e| e.strip_prefix("drhost:plugin/"))
+                    .and_then(|e| e.split_once('@'))
+                {
+                    if !compatible(other.1) {
+                        return Err(LoadError::WrongVersion {
+                            path: path.to_path_buf(),
+                            found: format!("drhost:plugin@{}", other.1),
+                            supported: bindings::WIT_VERSION.into(),
+                        });
+                    }
+                }
+                return Err(LoadError::NotScenario {
+                    path: path.to_path_buf(),
+                    exports: exports.join(", "),
+                    supported: bindings::WIT_VERSION.into(),
+                });
+            }
+        };
+        if !compatible(&found_version) {
+            return Err(LoadError::WrongVersion {
+                path: path.to_path_buf(),
+                found: format!("drhost:plugin@{found_version}"),
+                supported: bindings::WIT_VERSION.into(),
+            });
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::Mismatch {
+                path: path.to_path_buf(),
+                message: format!("{e:#}"),
+            })?;
+        let pre = ScenarioPre::new(pre).map_err(|e| LoadError::Mismatch {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })?;
+        Ok((pre, found_version, imports))
+    }
+
+    fn store(&self, caps: &Arc<Caps>, budget: Duration) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, HostState::new(Arc::clone(caps), budget));
+        store.limiter(|s| &mut s.limiter);
+        let ticks = budget.as_millis() / TICK.as_millis() + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Calls `info` in a fresh store.
+    pub async fn info(
+        &self,
+        plugin: &Plugin,
+        caps: &Arc<Caps>,
+    ) -> Result<ScenarioInfo, CallFailure> {
+        let budget = Duration::from_secs(10);
+        let mut store = self.store(caps, budget);
+        let result = async {
+            let s = plugin.pre.instantiate_async(&mut store).await?;
+            s.drhost_plugin_plugin().call_info(&mut store).await
+        }
+        .await;
+        self.drain_output(&mut store, "info");
+        result.map_err(|e| classify(e, &store, "info", budget))
+    }
+
+    /// Runs one step in a fresh store (a trapped instance cannot be entered again).
+    pub async fn run_step(
+        &self,
+        plugin: &Plugin,
+        caps: &Arc<Caps>,
+        id: &str,
+        context: &[Finding],
+        budget: Duration,
+    ) -> Result<Outcome, CallFailure> {
+        let mut store = self.store(caps, budget);
+        let result = async {
+            let s = plugin.pre.instantiate_async(&mut store).await?;
+            s.drhost_plugin_plugin()
+                .call_run_step(&mut store, id, context)
+                .await
+        }
+        .await;
+        self.drain_output(&mut store, id);
+        result.map_err(|e| classify(e, &store, id, budget))
+    }
+
+    /// Moves what the guest printed into the log and the audit trail.
+    fn drain_output(&self, store: &mut Store<HostState>, step: &str) {
+        let (bytes, dropped) = store.data().stdout.take();
+        if bytes.is_empty() && dropped == 0 {
+            return;
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        for line in text.lines() {
+            tracing::info!(target: "plugin-output", "[{step}] {line}");
+        }
+        let mut f = serde_json::Map::new();
+        f.insert("step".into(), step.into());
+        f.insert("text".into(), text.into());
+        if dropped > 0 {
+            f.insert("dropped_bytes".into(), dropped.into());
+            tracing::warn!("[{step}] {dropped} bytes of output dropped ([limits] output-bytes)");
+        }
+        store.data().caps.gate.record("guest-output", f);
+    }
+}
+
+fn compatible(version: &str) -> bool {
+    // 0.x: the minor version is the compatibility boundary.
+    let mut ours = bindings::WIT_VERSION.split('.');
+    let mut theirs = version.split('.');
+    ours.next() == theirs.next() && ours.next() == theirs.next()
+}
+
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<HostState>,
+    step: &str,
+    budget: Duration,
+) -> CallFailure {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>()
+        && *trap == wasmtime::Trap::Interrupt
+    {
+        return CallFailure::Budget {
+            step: step.to_string(),
+            budget_s: budget.as_secs(),
+        };
+    }
+    if store.data().limiter.hit {
+        return CallFailure::Memory {
+            step: step.to_string(),
+            limit: store.data().limiter.limit as u64,
+        };
+    }
+    // The first line of the trap message, with the guest backtrace dropped.
+    let message = format!("{e:#}");
+    let message = message.lines().next().unwrap_or("trap").to_string();
+    CallFailure::Trap {
+        step: step.to_string(),
+        message,
+    }
+}
+
+fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
+    let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
