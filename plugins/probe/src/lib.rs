@@ -39,8 +39,22 @@ fn arg<'a>(ctx: &'a [Finding], key: &str) -> &'a str {
     context_value(ctx, key).unwrap_or("")
 }
 
-fn err(e: impl std::fmt::Display) -> Outcome {
-    Outcome::Failed(e.to_string())
+trait Reason {
+    fn reason(&self) -> String;
+}
+impl Reason for drhost_plugin::types::Error {
+    fn reason(&self) -> String {
+        drhost_plugin::describe(self)
+    }
+}
+impl Reason for String {
+    fn reason(&self) -> String {
+        self.clone()
+    }
+}
+
+fn err(e: impl Reason) -> Outcome {
+    Outcome::Failed(e.reason())
 }
 
 fn object(prefix: &str, o: &s3::ObjectInfo) -> Vec<Finding> {

@@ -25,6 +25,17 @@ pub use types::{Component, ComponentKind, Finding, Outcome, Phase, Priority, Sce
 
 pub mod http;
 
+/// A capability error as one readable line: `denied: …`, `not found: …`.
+pub fn describe(e: &types::Error) -> String {
+    match e {
+        types::Error::Denied(m) => format!("denied: {m}"),
+        types::Error::NotFound(m) => format!("not found: {m}"),
+        types::Error::TooLarge(m) => format!("too large: {m}"),
+        types::Error::Invalid(m) => format!("invalid: {m}"),
+        types::Error::Unavailable(m) => format!("unavailable: {m}"),
+    }
+}
+
 /// A finding, from anything printable.
 pub fn finding(key: impl Into<String>, value: impl ToString) -> Finding {
     Finding {

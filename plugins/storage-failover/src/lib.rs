@@ -8,7 +8,7 @@
 
 use drhost_plugin::{
     Component, ComponentKind, Finding, Guest, Outcome, Phase, Priority, ScenarioInfo, Step, clock,
-    finding, info, list_all, s3, warn,
+    describe, finding, info, list_all, s3, warn,
 };
 use std::collections::BTreeMap;
 
@@ -26,9 +26,10 @@ struct Damage {
 }
 
 fn compare() -> Result<Damage, String> {
-    let secondary = list_all(SECONDARY, "").map_err(|e| format!("listing secondary: {e}"))?;
+    let secondary =
+        list_all(SECONDARY, "").map_err(|e| format!("listing secondary: {}", describe(&e)))?;
     let primary: BTreeMap<String, s3::ObjectInfo> = list_all(PRIMARY, "")
-        .map_err(|e| format!("listing primary: {e}"))?
+        .map_err(|e| format!("listing primary: {}", describe(&e)))?
         .into_iter()
         .map(|o| (o.key.clone(), o))
         .collect();
@@ -47,8 +48,8 @@ fn compare() -> Result<Damage, String> {
             // Different sizes need no checksum to be told apart.
             Some(have) if have.size != want.size => damage.corrupted.push(want.key.clone()),
             Some(_) => {
-                let a = s3::checksum(PRIMARY, &want.key).map_err(|e| e.to_string())?;
-                let b = s3::checksum(SECONDARY, &want.key).map_err(|e| e.to_string())?;
+                let a = s3::checksum(PRIMARY, &want.key).map_err(|e| describe(&e))?;
+                let b = s3::checksum(SECONDARY, &want.key).map_err(|e| describe(&e))?;
                 if a != b {
                     damage.corrupted.push(want.key.clone());
                 }
@@ -109,7 +110,12 @@ fn restore(context: &[Finding]) -> Outcome {
                 restored += 1;
                 bytes += o.size;
             }
-            Err(e) => return Outcome::Failed(format!("restoring {key} from secondary: {e}")),
+            Err(e) => {
+                return Outcome::Failed(format!(
+                    "restoring {key} from secondary: {}",
+                    describe(&e)
+                ));
+            }
         }
     }
     info(&format!(
@@ -136,8 +142,10 @@ fn verify_upload_download() -> Outcome {
     let key = format!("{CANARY_PREFIX}{}", clock::now_ms());
     let body = format!("drhost canary {key}");
     let result = s3::put(PRIMARY, &key, body.as_bytes())
-        .map_err(|e| format!("upload failed: {e}"))
-        .and_then(|_| s3::get(PRIMARY, &key).map_err(|e| format!("download failed: {e}")));
+        .map_err(|e| format!("upload failed: {}", describe(&e)))
+        .and_then(|_| {
+            s3::get(PRIMARY, &key).map_err(|e| format!("download failed: {}", describe(&e)))
+        });
     // Remove the canary whatever happened, so the bucket is left as found.
     let cleanup = s3::delete(PRIMARY, &key);
     match (result, cleanup) {
@@ -146,7 +154,9 @@ fn verify_upload_download() -> Outcome {
         }
         (Ok(_), Ok(())) => Outcome::Failed("downloaded canary differs from upload".into()),
         (Err(e), _) => Outcome::Failed(e),
-        (Ok(_), Err(e)) => Outcome::Failed(format!("could not delete canary {key}: {e}")),
+        (Ok(_), Err(e)) => {
+            Outcome::Failed(format!("could not delete canary {key}: {}", describe(&e)))
+        }
     }
 }
 

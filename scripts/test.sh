@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs the wasm target, builds
+# the plugins, starts the S3 test server (moto), makes sure MariaDB and
+# PostgreSQL are up, then runs every test against them.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+work="$root/target/test-services"
+mkdir -p "$work"
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "wasm32-wasip2 target"
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+say "plugins"
+cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+export DRHOST_TEST_PLUGINS="$root/plugins/target/wasm32-wasip2/release"
+
+say "S3 test server (moto 5.1.22)"
+if ! python3 -c 'import moto, flask' 2>/dev/null || [ "$(python3 -c 'import moto; print(moto.__version__)')" != "5.1.22" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]==5.1.22'
+fi
+# A free port, so a stray server from an earlier run cannot answer for us.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 -m moto.server -H 127.0.0.1 -p "$port" >"$work/moto.log" 2>&1 &
+moto_pid=$!
+trap 'kill $moto_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
+    kill -0 $moto_pid 2>/dev/null || { cat "$work/moto.log"; exit 1; }
+    sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$port/" >/dev/null || { echo "moto did not start"; cat "$work/moto.log"; exit 1; }
+export DRHOST_TEST_S3="http://127.0.0.1:$port"
+
+say "MariaDB and PostgreSQL"
+if ! mariadb -h 127.0.0.1 -P 3306 -u root -e 'SELECT 1' test >/dev/null 2>&1; then
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 100); do mariadb -h 127.0.0.1 -u root -e 'SELECT 1' test >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+if ! psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+    for _ in $(seq 1 100); do psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+
+say "tests"
+cargo test --workspace -- --test-threads 4

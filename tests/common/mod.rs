@@ -1,0 +1,166 @@
+//! Shared set-up for the integration tests: the built plugins, one runtime
+//! with a compile cache shared by every test binary, and capabilities built
+//! from an inline policy, as a run would build them.
+#![allow(dead_code)]
+
+use drhost::audit::AuditWriter;
+use drhost::bindings::{Finding, Outcome};
+use drhost::caps::Caps;
+use drhost::caps::state::StateCap;
+use drhost::orchestrator::build_caps;
+use drhost::policy::Policy;
+use drhost::runtime::{CallFailure, Plugin, Runtime};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Where the test command put the built plugins.
+pub fn plugin_dir() -> PathBuf {
+    match std::env::var_os("DRHOST_TEST_PLUGINS") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release")
+        }
+    }
+}
+
+pub fn plugin_path(name: &str) -> PathBuf {
+    let p = plugin_dir().join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        p.exists(),
+        "{} is missing: run the test command from the README (it builds the plugins)",
+        p.display()
+    );
+    p
+}
+
+/// The S3 test server's endpoint (started by the test command).
+pub fn s3_endpoint() -> String {
+    std::env::var("DRHOST_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
+}
+
+pub fn mariadb_url() -> String {
+    std::env::var("DRHOST_TEST_MARIADB")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("DRHOST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// One runtime per test binary; its compile cache is shared by all of them.
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/drhost-test-cache");
+        Runtime::new(Some(cache)).expect("runtime")
+    })
+}
+
+pub fn load(name: &str) -> Plugin {
+    runtime().load(&plugin_path(name)).expect("plugin loads")
+}
+
+pub fn probe() -> &'static Plugin {
+    static P: OnceLock<Plugin> = OnceLock::new();
+    P.get_or_init(|| load("probe"))
+}
+
+/// Capabilities from inline policy text, with an audit log in `dir`.
+pub async fn caps(policy: &str, dir: &Path) -> Arc<Caps> {
+    let mut p = Policy::parse(policy).expect("policy parses");
+    p.source = Some(dir.join("policy.toml"));
+    let p = Arc::new(p);
+    let audit =
+        AuditWriter::create(&dir.join(format!("audit-{}.jsonl", unique()))).expect("audit log");
+    Arc::new(
+        build_caps(&p, Some(audit), StateCap::ephemeral(p.limits.state_bytes.0))
+            .await
+            .expect("caps"),
+    )
+}
+
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn ctx(pairs: &[(&str, &str)]) -> Vec<Finding> {
+    pairs
+        .iter()
+        .map(|(k, v)| Finding {
+            key: k.to_string(),
+            value: v.to_string(),
+        })
+        .collect()
+}
+
+/// Runs one probe step; the guest's outcome, or why the call failed.
+pub async fn step(
+    caps: &Arc<Caps>,
+    id: &str,
+    args: &[(&str, &str)],
+) -> Result<Outcome, CallFailure> {
+    runtime()
+        .run_step(probe(), caps, id, &ctx(args), Duration::from_secs(20))
+        .await
+}
+
+/// Expects an ok outcome and returns its findings as pairs.
+pub async fn ok(caps: &Arc<Caps>, id: &str, args: &[(&str, &str)]) -> Vec<(String, String)> {
+    match step(caps, id, args).await {
+        Ok(Outcome::Ok(f)) => f.into_iter().map(|f| (f.key, f.value)).collect(),
+        other => panic!("{id} {args:?}: expected ok, got {other:?}"),
+    }
+}
+
+/// Expects a failed outcome and returns its reason.
+pub async fn failed(caps: &Arc<Caps>, id: &str, args: &[(&str, &str)]) -> String {
+    match step(caps, id, args).await {
+        Ok(Outcome::Failed(reason)) => reason,
+        other => panic!("{id} {args:?}: expected failed, got {other:?}"),
+    }
+}
+
+pub fn get<'a>(f: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    f.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+pub fn all<'a>(f: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    f.iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The records of every audit log in `dir`.
+/// (Values, not maps: indexing a missing field gives null instead of panicking.)
+pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("dir") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            out.extend(
+                drhost::audit::read(&p)
+                    .expect("log")
+                    .into_iter()
+                    .map(|l| serde_json::Value::Object(l.record)),
+            );
+        }
+    }
+    out
+}
+
+/// Flushes the gate's log so a test can read it.
+pub fn flush(caps: &Arc<Caps>) {
+    caps.gate.flush();
+}

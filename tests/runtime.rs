@@ -1,0 +1,183 @@
+//! The component host: loading and refusing components, budgets, memory,
+//! traps, guest output, the compile cache, and denial by default.
+
+mod common;
+
+use common::*;
+use drhost::bindings::Outcome;
+use drhost::runtime::{CallFailure, LoadError};
+use std::time::{Duration, Instant};
+
+#[test]
+fn bytes_that_are_not_wasm_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.wasm");
+    std::fs::write(&p, b"#!/bin/sh\necho hi\n").unwrap();
+    let err = runtime().load(&p).err().expect("refused");
+    assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+    assert!(err.to_string().contains("not a WebAssembly binary"));
+}
+
+#[test]
+fn a_truncated_component_is_refused_with_the_compiler_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(plugin_path("probe")).unwrap();
+    let p = dir.path().join("cut.wasm");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let err = runtime().load(&p).err().expect("refused");
+    assert!(matches!(err, LoadError::Invalid { .. }), "{err}");
+}
+
+#[test]
+fn a_core_module_is_refused_as_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("core.wasm");
+    // The smallest valid core module: magic and version 1, no sections.
+    std::fs::write(&p, b"\0asm\x01\0\0\0").unwrap();
+    let err = runtime().load(&p).err().expect("refused");
+    assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"));
+}
+
+#[test]
+fn a_component_built_for_another_wit_version_names_both_versions() {
+    let err = runtime()
+        .load(&plugin_path("bad-version"))
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::WrongVersion { .. }), "{msg}");
+    assert!(msg.contains("drhost:plugin@0.2.0"), "{msg}");
+    assert!(msg.contains("drhost:plugin@0.1.0"), "{msg}");
+}
+
+#[test]
+fn a_component_of_another_world_is_not_a_scenario() {
+    let err = runtime()
+        .load(&plugin_path("foreign-world"))
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::NotScenario { .. }), "{msg}");
+    assert!(msg.contains("acme:thing/greet@1.0.0"), "{msg}");
+}
+
+#[test]
+fn a_second_load_comes_from_the_compile_cache() {
+    let first = runtime().load(&plugin_path("app-health")).unwrap();
+    let second = runtime().load(&plugin_path("app-health")).unwrap();
+    assert_eq!(first.sha256, second.sha256);
+    assert!(second.from_cache, "second load compiled again");
+}
+
+#[tokio::test]
+async fn a_plugin_that_loops_forever_is_stopped_at_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("", dir.path()).await;
+    let started = Instant::now();
+    let r = runtime()
+        .run_step(probe(), &caps, "spin", &[], Duration::from_secs(1))
+        .await;
+    let err = r.err().expect("the step must not finish");
+    assert_eq!(
+        err,
+        CallFailure::Budget {
+            step: "spin".into(),
+            budget_s: 1
+        }
+    );
+    assert_eq!(err.to_string(), "step spin exceeded its budget of 1 s");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The host keeps running: the next step works.
+    ok(&caps, "noop", &[]).await;
+}
+
+#[tokio::test]
+async fn a_plugin_that_grows_memory_without_bound_hits_the_policy_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("[limits]\nmemory = \"16 MiB\"\n", dir.path()).await;
+    let r = step(&caps, "grow", &[]).await;
+    match r {
+        Err(CallFailure::Memory { limit, .. }) => assert_eq!(limit, 16 << 20),
+        other => panic!("expected a memory failure, got {other:?}"),
+    }
+    ok(&caps, "noop", &[]).await;
+}
+
+#[tokio::test]
+async fn a_trap_fails_the_step_with_its_message_and_the_host_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("", dir.path()).await;
+    match step(&caps, "trap", &[]).await {
+        Err(CallFailure::Trap { step, message }) => {
+            assert_eq!(step, "trap");
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    ok(&caps, "noop", &[]).await;
+}
+
+#[tokio::test]
+async fn guest_output_goes_to_the_audit_log_and_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("[limits]\noutput-bytes = 200\n", dir.path()).await;
+    ok(&caps, "stdout", &[("lines", "1000")]).await;
+    flush(&caps);
+    let out: Vec<_> = audit_records(dir.path())
+        .into_iter()
+        .filter(|r| r["type"] == "guest-output")
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("probe line 0\n")
+    );
+    assert!(out[0]["text"].as_str().unwrap().len() <= 200);
+    assert!(out[0]["dropped_bytes"].as_u64().unwrap() > 10_000);
+}
+
+#[tokio::test]
+async fn with_no_policy_every_capability_is_denied_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("", dir.path()).await;
+    let s3 = failed(&caps, "s3.get", &[("alias", "primary"), ("key", "a")]).await;
+    assert!(s3.contains("no alias \"primary\" is granted"), "{s3}");
+    assert!(s3.contains("[s3.primary]"), "{s3}");
+    let db = failed(&caps, "db.query", &[("conn", "main"), ("sql", "SELECT 1")]).await;
+    assert!(db.contains("[db.main]"), "{db}");
+    let http = failed(&caps, "http.get", &[("url", "http://127.0.0.1:9/")]).await;
+    assert!(http.contains("denied"), "{http}");
+    flush(&caps);
+    let denials: Vec<_> = audit_records(dir.path())
+        .into_iter()
+        .filter(|r| r["type"] == "call" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(denials.len(), 3);
+    assert_eq!(denials[0]["grant"], "s3.primary access=read");
+    assert_eq!(denials[1]["grant"], "db.main access=read-only");
+}
+
+#[tokio::test]
+async fn state_is_always_available_and_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("[limits]\nstate-bytes = 64\n", dir.path()).await;
+    ok(&caps, "state.set", &[("key", "k"), ("value", "v1")]).await;
+    let f = ok(&caps, "state.get", &[("key", "k")]).await;
+    assert_eq!(get(&f, "value"), Some("v1"));
+    let big = "x".repeat(100);
+    let err = failed(&caps, "state.set", &[("key", "k"), ("value", &big)]).await;
+    assert!(err.contains("state-bytes"), "{err}");
+}
+
+#[tokio::test]
+async fn context_reaches_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("", dir.path()).await;
+    match step(&caps, "context-echo", &[("a", "1"), ("b", "2")]).await {
+        Ok(Outcome::Ok(f)) => assert_eq!(f.len(), 2),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,346 @@
+//! Whole runs: the reference plugins through `drhost run`, exit codes, the
+//! audit log they leave, and its verification.
+
+mod common;
+
+use common::*;
+use drhost::audit::{self, Verdict};
+use drhost::orchestrator::{self, RunOptions};
+use drhost::policy::Policy;
+use std::path::Path;
+use std::process::Command;
+
+fn drhost() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_drhost"))
+}
+
+fn storage_policy(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("storage.policy.toml");
+    std::fs::write(
+        &p,
+        "[s3.primary]\npath = \"buckets/primary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\
+         [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n",
+    )
+    .unwrap();
+    p
+}
+
+#[tokio::test]
+async fn storage_failover_detects_restores_and_verifies_then_finds_all_healthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let damage = drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
+    let policy_path = storage_policy(dir.path());
+    let opts = || RunOptions {
+        policy: Policy::load(&policy_path).unwrap(),
+        out_dir: dir.path().join("runs"),
+        state_dir: dir.path().join("state"),
+        phase: None,
+    };
+    let wasm = plugin_path("storage-failover");
+    let report = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
+    assert_eq!(
+        report.outcome,
+        "recovered",
+        "{}",
+        orchestrator::render_table(&report)
+    );
+    assert_eq!(report.exit_code, 0);
+    let outcomes: Vec<(&str, &str)> = report
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("confirm-failure", "detected"),
+            ("restore-from-secondary", "ok"),
+            ("verify-integrity", "ok"),
+            ("verify-upload-download", "ok")
+        ]
+    );
+    assert_eq!(report.components[0].status, "recovered");
+    assert_eq!(report.components[0].rto_met, Some(true));
+    let primary = dir.path().join("buckets/primary");
+    let secondary = dir.path().join("buckets/secondary");
+    for key in [&damage.deleted, &damage.corrupted] {
+        assert_eq!(
+            std::fs::read(primary.join(key)).unwrap(),
+            std::fs::read(secondary.join(key)).unwrap()
+        );
+    }
+    assert!(
+        !primary
+            .join(".drhost-canary")
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    );
+
+    // The log verifies, against its head in the state directory too.
+    let head = audit::load_head(&dir.path().join("state"), &report.run_id).expect("head stored");
+    assert!(matches!(
+        audit::verify(&report.audit_log, Some(&head)).unwrap(),
+        Verdict::Ok { .. }
+    ));
+    let records = audit::read(&report.audit_log).unwrap();
+    let first = &records[0].record;
+    assert_eq!(first["type"], "run-start");
+    for k in [
+        "drhost_version",
+        "wasmtime_version",
+        "component_sha256",
+        "policy_sha256",
+        "wit_version",
+        "host",
+        "ts",
+    ] {
+        assert!(
+            first.get(k).is_some_and(|v| !v.is_null()),
+            "run-start lacks {k}"
+        );
+    }
+    assert_eq!(records.last().unwrap().record["type"], "run-end");
+    let copies = records
+        .iter()
+        .filter(|l| l.record.get("op").and_then(|v| v.as_str()) == Some("copy"))
+        .count();
+    assert_eq!(copies, 2);
+
+    // A second run finds nothing to do.
+    let again = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
+    assert_eq!(again.outcome, "healthy");
+    assert_eq!(again.steps.len(), 1);
+}
+
+#[tokio::test]
+async fn storage_failover_restores_an_s3_primary_from_a_local_secondary() {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let dir = tempfile::tempdir().unwrap();
+    drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(s3_endpoint())
+        .region(Region::new("us-east-1"))
+        .force_path_style(true)
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .build();
+    let s3 = aws_sdk_s3::Client::from_conf(conf);
+    let bucket = format!("drhost-sf-{}", unique());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let policy = format!(
+        "[s3.primary]\nbucket = \"{bucket}\"\nprefix = \"files/\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\nendpoint = \"{}\"\npath-style = true\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n\
+         [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n",
+        s3_endpoint()
+    );
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, policy).unwrap();
+    let report = orchestrator::run(
+        runtime(),
+        &plugin_path("storage-failover"),
+        RunOptions {
+            policy: Policy::load(&path).unwrap(),
+            out_dir: dir.path().join("runs"),
+            state_dir: dir.path().join("state"),
+            phase: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        report.outcome,
+        "recovered",
+        "{}",
+        orchestrator::render_table(&report)
+    );
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    assert_eq!(listed.key_count(), Some(12));
+}
+
+#[test]
+fn the_cli_exit_codes_follow_the_documentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // 4: invalid plugin.
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"nope").unwrap();
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("run")
+        .arg(plugin_path("bad-version"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drhost:plugin@0.2.0"));
+    // 2: a policy with an unknown key, reported with its line.
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[s3.primary]\npath = \"x\"\naccess = [\"read\"]\nacess = 1\n",
+    )
+    .unwrap();
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .arg(plugin_path("storage-failover"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4") && err.contains("acess"), "{err}");
+    // 1: with no policy the storage scenario cannot even list its buckets.
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["run", "--out"])
+        .arg(dir.path().join("runs"))
+        .arg(plugin_path("storage-failover"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn audit_verify_names_the_line_that_was_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
+    let policy = storage_policy(dir.path());
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["run", "--json", "--policy"])
+        .arg(&policy)
+        .arg("--out")
+        .arg(dir.path().join("runs"))
+        .arg(plugin_path("storage-failover"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = Path::new(report["audit_log"].as_str().unwrap()).to_path_buf();
+    let verify = || {
+        drhost()
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["audit", "verify"])
+            .arg(&log)
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert_eq!(ok.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("OK:"));
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[4] = lines[4]
+        .replacen("\"allow\"", "\"deny\"", 1)
+        .replacen("ok", "OK", 1);
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let broken = verify();
+    assert_eq!(broken.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&broken.stdout);
+    assert!(said.contains("BROKEN at line 5"), "{said}");
+
+    // Cut short: the summary record is gone.
+    let original: Vec<&str> = text.lines().collect();
+    std::fs::write(&log, original[..original.len() - 1].join("\n") + "\n").unwrap();
+    let cut = drhost()
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&cut.stdout).starts_with("INCOMPLETE"),
+        "{}",
+        String::from_utf8_lossy(&cut.stdout)
+    );
+    // With the stored head, the cut is also a mismatch.
+    let cut = verify();
+    assert!(String::from_utf8_lossy(&cut.stdout).starts_with("BROKEN"));
+
+    let show = drhost().args(["audit", "show"]).arg(&log).output().unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains("confirm-failure"));
+}
+
+#[tokio::test]
+async fn app_health_is_healthy_while_the_endpoint_answers_and_fails_verification_when_it_is_gone() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        format!("[http]\nallow = [\"http://127.0.0.1:{port}/health\"]\n"),
+    )
+    .unwrap();
+    // The health URL is the plugin's own state: set it the way an operator would.
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(state_dir.join("state")).unwrap();
+    let url = format!("http://127.0.0.1:{port}/health");
+    std::fs::write(
+        state_dir.join("state/app-health.json"),
+        format!("{{\"health-url\": \"{}\"}}", hex::encode(url.as_bytes())),
+    )
+    .unwrap();
+    let opts = || RunOptions {
+        policy: Policy::load(&policy).unwrap(),
+        out_dir: dir.path().join("runs"),
+        state_dir: state_dir.clone(),
+        phase: None,
+    };
+    let wasm = plugin_path("app-health");
+    let up = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
+    assert_eq!(up.outcome, "healthy", "{}", orchestrator::render_table(&up));
+    server.abort();
+    let _ = server.await;
+    let down = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
+    assert_eq!(
+        down.steps[0].outcome,
+        "detected",
+        "{}",
+        orchestrator::render_table(&down)
+    );
+    assert_eq!(down.outcome, "failed");
+    assert_eq!(down.exit_code, 1);
+}
