@@ -78,7 +78,7 @@ async fn a_plugin_that_loops_forever_is_stopped_at_its_budget() {
     let r = runtime()
         .run_step(probe(), &caps, "spin", &[], Duration::from_secs(1))
         .await;
-    let err = r.err().expect("the step must not finish");
+    let err = r.expect_err("the step must not finish");
     assert_eq!(
         err,
         CallFailure::Budget {
@@ -180,4 +180,49 @@ async fn context_reaches_the_step() {
         Ok(Outcome::Ok(f)) => assert_eq!(f.len(), 2),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn nothing_else_of_wasi_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("", dir.path()).await;
+    let f = ok(&caps, "wasi-closed", &[]).await;
+    assert_eq!(get(&f, "env"), Some("0"), "environment leaked");
+    assert_eq!(get(&f, "args"), Some("0"), "arguments leaked");
+    assert!(get(&f, "read-root").unwrap().starts_with("Err"), "{f:?}");
+    assert!(get(&f, "write-tmp").unwrap().starts_with("Err"), "{f:?}");
+    assert!(get(&f, "tcp").unwrap().starts_with("Err"), "{f:?}");
+    assert!(!std::path::Path::new("/tmp/drhost-probe").exists());
+}
+
+#[tokio::test]
+async fn inspect_shows_what_the_policy_grants() {
+    let policy = drhost::policy::Policy::parse(
+        "[s3.primary]\npath = \"p\"\naccess = [\"read\", \"list\"]\n",
+    )
+    .unwrap();
+    let text = drhost::inspect::inspect(runtime(), &plugin_path("storage-failover"), policy)
+        .await
+        .unwrap();
+    assert!(text.contains("storage-failover 0.1.0"), "{text}");
+    assert!(text.contains("restore-from-secondary"), "{text}");
+    assert!(text.contains("drhost:plugin/s3@0.1.0"), "{text}");
+    assert!(text.contains("granted: primary [read,list]"), "{text}");
+    assert!(
+        text.contains("object-storage           storage      P1"),
+        "{text}"
+    );
+    // app-health needs HTTP, which this policy does not grant.
+    let text = drhost::inspect::inspect(
+        runtime(),
+        &plugin_path("app-health"),
+        drhost::policy::Policy::deny_all(),
+    )
+    .await
+    .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("wasi:http/outgoing-handler"))
+        .expect("http import listed");
+    assert!(line.contains("NOT GRANTED"), "{line}");
 }

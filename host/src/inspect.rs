@@ -1,6 +1,8 @@
 //! `drhost inspect`: what a plugin is, what it imports, and what the policy grants it.
 
-use crate::orchestrator::{RunError, build_caps, validate_info};
+use crate::orchestrator::{
+    RunError, build_caps, kind_name, phase_name, priority_name, validate_info,
+};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
 use std::fmt::Write;
@@ -40,10 +42,10 @@ pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<S
     for c in &info.components {
         let _ = writeln!(
             out,
-            "  {:<24} {:<12} {:?}  RTO {} s  RPO {} s",
+            "  {:<24} {:<12} {}  RTO {} s  RPO {} s",
             c.name,
-            format!("{:?}", c.kind).to_lowercase(),
-            c.priority,
+            kind_name(c.kind),
+            priority_name(c.priority),
             c.rto_seconds,
             c.rpo_seconds
         );
@@ -54,7 +56,7 @@ pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<S
             out,
             "  {:<28} {:<8} {:<20} {:>5} s{}  {}",
             s.id,
-            format!("{:?}", s.phase).to_lowercase(),
+            phase_name(s.phase),
             s.component,
             s.budget_seconds,
             if s.mutating { "  mutating" } else { "" },

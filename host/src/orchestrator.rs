@@ -95,7 +95,30 @@ pub struct RunReport {
     pub denied: u64,
 }
 
-fn phase_name(p: Phase) -> &'static str {
+pub fn kind_name(k: crate::bindings::ComponentKind) -> &'static str {
+    use crate::bindings::ComponentKind as K;
+    match k {
+        K::Database => "database",
+        K::Application => "application",
+        K::Storage => "storage",
+        K::Network => "network",
+        K::Data => "data",
+        K::Security => "security",
+        K::Other => "other",
+    }
+}
+
+pub fn priority_name(p: crate::bindings::Priority) -> &'static str {
+    use crate::bindings::Priority as P;
+    match p {
+        P::P0 => "P0",
+        P::P1 => "P1",
+        P::P2 => "P2",
+        P::P3 => "P3",
+    }
+}
+
+pub fn phase_name(p: Phase) -> &'static str {
     match p {
         Phase::Detect => "detect",
         Phase::Contain => "contain",
@@ -226,7 +249,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         "components".into(),
         info.components
             .iter()
-            .map(|c| json!({"name": c.name, "kind": format!("{:?}", c.kind).to_lowercase(), "priority": format!("{:?}", c.priority), "rto_s": c.rto_seconds, "rpo_s": c.rpo_seconds}))
+            .map(|c| json!({"name": c.name, "kind": kind_name(c.kind), "priority": priority_name(c.priority), "rto_s": c.rto_seconds, "rpo_s": c.rpo_seconds}))
             .collect(),
     );
     meta.insert(

@@ -245,10 +245,10 @@ impl Runtime {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         })?;
-        if let Some(c) = cached {
-            if let Err(e) = write_cache(&c, &component) {
-                tracing::warn!("could not cache compiled component at {}: {e}", c.display());
-            }
+        if let Some(c) = cached
+            && let Err(e) = write_cache(&c, &component)
+        {
+            tracing::warn!("could not cache compiled component at {}: {e}", c.display());
         }
         Ok((component, false))
     }
@@ -279,14 +279,13 @@ impl Runtime {
                     .chain(&imports)
                     .find_map(|e| e.strip_prefix("drhost:plugin/"))
                     .and_then(|e| e.split_once('@'))
+                    && !compatible(other.1)
                 {
-                    if !compatible(other.1) {
-                        return Err(LoadError::WrongVersion {
-                            path: path.to_path_buf(),
-                            found: format!("drhost:plugin@{}", other.1),
-                            supported: bindings::WIT_VERSION.into(),
-                        });
-                    }
+                    return Err(LoadError::WrongVersion {
+                        path: path.to_path_buf(),
+                        found: format!("drhost:plugin@{}", other.1),
+                        supported: bindings::WIT_VERSION.into(),
+                    });
                 }
                 return Err(LoadError::NotScenario {
                     path: path.to_path_buf(),

@@ -12,6 +12,7 @@
 //!   statement, inside a read-only transaction (`START TRANSACTION READ
 //!   ONLY` / `BEGIN READ ONLY`), and SQLite refuses `VACUUM` and `ATTACH`,
 //!   which write files other than the database.
+//!
 //! See docs/security.md for what this guarantees and where it stops.
 
 use crate::bindings::CapError;
@@ -681,9 +682,7 @@ async fn check_mysql_read_only(pool: &MySqlPool, name: &str) -> Result<(), Strin
 /// Why one `SHOW GRANTS` line allows writing, if it does.
 pub fn mysql_grant_problem(line: &str) -> Option<String> {
     let upper = line.to_ascii_uppercase();
-    let Some(rest) = upper.strip_prefix("GRANT ") else {
-        return None;
-    };
+    let rest = upper.strip_prefix("GRANT ")?;
     if upper.contains("WITH GRANT OPTION") {
         return Some("WITH GRANT OPTION".into());
     }

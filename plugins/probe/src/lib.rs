@@ -30,6 +30,8 @@ const STEPS: &[(&str, Phase, bool)] = &[
     ("state.set", Phase::Recover, false),
     ("state.get", Phase::Detect, false),
     ("stdout", Phase::Detect, false),
+    ("state.loop", Phase::Detect, false),
+    ("wasi-closed", Phase::Detect, false),
     ("spin", Phase::Detect, false),
     ("grow", Phase::Detect, false),
     ("trap", Phase::Detect, false),
@@ -228,6 +230,32 @@ impl Guest for Probe {
                 Some(v) => Outcome::Ok(vec![finding("value", String::from_utf8_lossy(&v))]),
                 None => Outcome::Ok(vec![finding("missing", key)]),
             },
+            "state.loop" => {
+                // For benchmarks: n audited host calls in one step.
+                let n: u32 = arg(&ctx, "n").parse().unwrap_or(0);
+                let mut found = 0u32;
+                for _ in 0..n {
+                    found += u32::from(state::get("bench").is_some());
+                }
+                Outcome::Ok(vec![finding("found", found)])
+            }
+            "wasi-closed" => {
+                // Everything WASI offers beyond the granted capabilities is closed.
+                let env = std::env::vars().count();
+                let args = std::env::args().count();
+                let root = std::fs::read_dir("/")
+                    .map(|d| d.count())
+                    .map_err(|e| e.to_string());
+                let tmp = std::fs::write("/tmp/drhost-probe", b"x").map_err(|e| e.to_string());
+                let tcp = std::net::TcpStream::connect("127.0.0.1:22").map_err(|e| e.to_string());
+                Outcome::Ok(vec![
+                    finding("env", env),
+                    finding("args", args),
+                    finding("read-root", format!("{root:?}")),
+                    finding("write-tmp", format!("{tmp:?}")),
+                    finding("tcp", format!("{:?}", tcp.map(|_| "connected"))),
+                ])
+            }
             "stdout" => {
                 // Guest stdout must land in the host's log, bounded.
                 for i in 0..arg(&ctx, "lines").parse::<u32>().unwrap_or(1) {
