@@ -1,0 +1,302 @@
+//! Benchmarks for the issue's performance goals, printed side by side with a
+//! raw-wasmtime baseline measured in the same process:
+//!
+//!   cargo bench --bench runtime
+//!
+//! Needs the plugins built (scripts/test.sh or scripts/bench.sh does that).
+//! Set DRHOST_BENCH_S3=http://127.0.0.1:PORT to include a 1 GiB copy to S3.
+
+use drhost::audit::AuditWriter;
+use drhost::bindings::{Finding, Outcome};
+use drhost::caps::state::StateCap;
+use drhost::orchestrator::build_caps;
+use drhost::policy::Policy;
+use drhost::runtime::Runtime;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+fn plugin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("DRHOST_TEST_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release"));
+    let p = dir.join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} missing: build the plugins first", p.display());
+    p
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn p90(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() * 9 / 10]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+struct Raw {
+    wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    table: ResourceTable,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for Raw {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+impl WasiView for Raw {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Raw wasmtime: the same component and call, WASI only, drhost imports as traps.
+async fn raw_baseline(path: &Path, iters: usize) -> Vec<Duration> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(64).total_core_instances(512).total_memories(128).total_tables(256);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).expect("engine");
+    let component = Component::from_file(&engine, path).expect("component");
+    let mut linker = Linker::<Raw>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).expect("http");
+    // drhost's own imports become traps; noop never calls them.
+    let ty = component.component_type();
+    for (name, item) in ty.imports(&engine) {
+        if let (true, wasmtime::component::types::ComponentItem::ComponentInstance(inst)) =
+            (name.starts_with("drhost:plugin/"), item.ty)
+        {
+            let mut li = linker.instance(name).expect("instance");
+            for (fname, fitem) in inst.exports(&engine) {
+                if matches!(fitem.ty, wasmtime::component::types::ComponentItem::ComponentFunc(_)) {
+                    li.func_new(fname, |_, _, _, _| wasmtime::bail!("not linked in the baseline"))
+                        .expect("trap func");
+                }
+            }
+        }
+    }
+    let pre = linker.instantiate_pre(&component).expect("pre");
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        let mut store = Store::new(
+            &engine,
+            Raw {
+                wasi: WasiCtx::builder().build(),
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+            },
+        );
+        let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
+        let iface = instance
+            .get_export_index(&mut store, None, "drhost:plugin/plugin@0.1.0")
+            .expect("interface");
+        let func = instance
+            .get_export_index(&mut store, Some(&iface), "run-step")
+            .expect("run-step");
+        let f = instance
+            .get_typed_func::<(&str, &[Finding]), (Outcome,)>(&mut store, &func)
+            .expect("typed");
+        let (out,) = f.call_async(&mut store, ("noop", &[])).await.expect("call");
+        times.push(start.elapsed());
+        assert!(matches!(out, Outcome::Ok(_)));
+    }
+    times
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn reset_peak_rss() {
+    // Linux: writing 5 to clear_refs resets VmHWM to the current RSS.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn row(name: &str, value: String, target: &str, baseline: Option<String>) {
+    println!("{name:<58} {value:>14} {target:>12} {:>22}", baseline.unwrap_or_default());
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(Some(dir.path().join("cache"))).expect("runtime");
+    let probe_path = plugin("probe");
+    runtime.load(&probe_path).expect("compile once");
+    let probe = runtime.load(&probe_path).expect("load from cache");
+    assert!(probe.from_cache);
+
+    let policy = Arc::new(Policy::deny_all());
+    let audit = AuditWriter::create(&dir.path().join("audit.jsonl")).expect("audit");
+    let caps = Arc::new(build_caps(&policy, Some(audit), StateCap::ephemeral(1 << 20)).await.expect("caps"));
+    let budget = Duration::from_secs(30);
+    let iters = 3000;
+
+    println!("{:<58} {:>14} {:>12} {:>22}", "benchmark", "median", "target", "raw wasmtime 48");
+
+    // 1. Instantiate + one run-step from a precompiled component.
+    for _ in 0..200 {
+        runtime.run_step(&probe, &caps, "noop", &[], budget).await.expect("warm-up");
+    }
+    let mut ours = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        runtime.run_step(&probe, &caps, "noop", &[], budget).await.expect("noop");
+        ours.push(start.elapsed());
+    }
+    let raw = raw_baseline(&probe_path, iters).await;
+    let (m, r) = (median(ours.clone()), median(raw));
+    row(
+        "instantiate + run-step (probe, precompiled)",
+        format!("{:.1} µs", us(m)),
+        "< 30 µs",
+        Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),
+    );
+    row("  p90", format!("{:.1} µs", us(p90(ours))), "", None);
+
+    // 2. One audited capability call: state.get, n calls in one step.
+    let n = 100_000u32;
+    let n_str = n.to_string();
+    let mut per_call = Vec::new();
+    for _ in 0..7 {
+        let zero = {
+            let s = Instant::now();
+            runtime
+                .run_step(&probe, &caps, "state.loop", &[f("n", "0")], budget)
+                .await
+                .expect("loop 0");
+            s.elapsed()
+        };
+        let many = {
+            let s = Instant::now();
+            runtime
+                .run_step(&probe, &caps, "state.loop", &[f("n", &n_str)], budget)
+                .await
+                .expect("loop n");
+            s.elapsed()
+        };
+        per_call.push(many.saturating_sub(zero) / n);
+    }
+    row("audited capability call (state.get, round trip)", format!("{:.2} µs", us(median(per_call))), "< 2 µs", Some("~0.1 µs (host call)".into()));
+
+    // 3. Whole `drhost run` of a trivial plugin, cache warm.
+    let bin = env!("CARGO_BIN_EXE_drhost");
+    let hello = plugin("hello");
+    let state = dir.path().join("state");
+    let runs = dir.path().join("runs");
+    let run = || {
+        let s = Instant::now();
+        let out = std::process::Command::new(bin)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("run")
+            .arg(&hello)
+            .arg("--out")
+            .arg(&runs)
+            .env("DRHOST_LOG", "warn")
+            .output()
+            .expect("drhost run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        s.elapsed()
+    };
+    let first = run();
+    let warm: Vec<Duration> = (0..20).map(|_| run()).collect();
+    row(
+        "drhost run hello.wasm, whole process, cache warm",
+        format!("{:.1} ms", warm.iter().copied().min().map(|_| median(warm.clone())).unwrap_or_default().as_secs_f64() * 1e3),
+        "< 30 ms",
+        Some(format!("first run {:.0} ms", first.as_secs_f64() * 1e3)),
+    );
+
+    // 4. 1 GiB server-side/streamed copy between two aliases: host memory.
+    let size: u64 = 1 << 30;
+    std::fs::create_dir_all(dir.path().join("a")).expect("dir");
+    let src = std::fs::File::create(dir.path().join("a/big")).expect("big file");
+    src.set_len(size).expect("sparse 1 GiB");
+    let mut toml = "[s3.a]\npath = \"a\"\naccess = [\"read\"]\n[s3.b]\npath = \"b\"\naccess = [\"write\"]\n".to_string();
+    let s3 = std::env::var("DRHOST_BENCH_S3").ok();
+    if let Some(endpoint) = &s3 {
+        toml.push_str(&format!(
+            "[s3.r]\nbucket = \"drhost-bench\"\naccess = [\"write\"]\nendpoint = \"{endpoint}\"\npath-style = true\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n"
+        ));
+    }
+    let mut p = Policy::parse(&toml).expect("policy");
+    p.source = Some(dir.path().join("policy.toml"));
+    let p = Arc::new(p);
+    let copy_caps = Arc::new(build_caps(&p, None, StateCap::ephemeral(0)).await.expect("caps"));
+    reset_peak_rss();
+    let before = peak_rss_kib();
+    let s = Instant::now();
+    let out = runtime
+        .run_step(&probe, &copy_caps, "s3.copy", &[f("alias", "a"), f("key", "big"), f("dst-alias", "b"), f("dst-key", "big")], Duration::from_secs(600))
+        .await
+        .expect("copy");
+    assert!(matches!(out, Outcome::Ok(_)), "{out:?}");
+    let took = s.elapsed();
+    let peak = peak_rss_kib();
+    row(
+        "copy 1 GiB local → local alias: peak RSS growth",
+        format!("{:.1} MiB", peak.saturating_sub(before) as f64 / 1024.0),
+        "< 100 MiB",
+        Some(format!("{:.0} MiB/s, RSS {:.0} MiB", 1024.0 / took.as_secs_f64(), peak as f64 / 1024.0)),
+    );
+    if s3.is_some() {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(std::env::var("DRHOST_BENCH_S3").unwrap_or_default())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "bench"))
+            .build();
+        let _ = aws_sdk_s3::Client::from_conf(conf).create_bucket().bucket("drhost-bench").send().await;
+        reset_peak_rss();
+        let before = peak_rss_kib();
+        let s = Instant::now();
+        let out = runtime
+            .run_step(&probe, &copy_caps, "s3.copy", &[f("alias", "a"), f("key", "big"), f("dst-alias", "r"), f("dst-key", "big")], Duration::from_secs(1200))
+            .await
+            .expect("copy");
+        assert!(matches!(out, Outcome::Ok(_)), "{out:?}");
+        let peak = peak_rss_kib();
+        row(
+            "copy 1 GiB local → S3 alias (multipart): peak RSS growth",
+            format!("{:.1} MiB", peak.saturating_sub(before) as f64 / 1024.0),
+            "< 100 MiB",
+            Some(format!("{:.0} MiB/s", 1024.0 / s.elapsed().as_secs_f64())),
+        );
+    }
+}
+
+fn f(k: &str, v: &str) -> Finding {
+    Finding {
+        key: k.into(),
+        value: v.into(),
+    }
+}
