@@ -22,9 +22,15 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 fn plugin(name: &str) -> PathBuf {
     let dir = std::env::var_os("DRHOST_TEST_PLUGINS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release")
+        });
     let p = dir.join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} missing: build the plugins first", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: build the plugins first",
+        p.display()
+    );
     p
 }
 
@@ -71,8 +77,13 @@ impl WasiView for Raw {
 async fn raw_baseline(path: &Path, iters: usize) -> Vec<Duration> {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // The same engine settings as drhost's, so the difference is drhost's own.
+    config.epoch_interruption(true);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(64).total_core_instances(512).total_memories(128).total_tables(256);
+    pool.total_component_instances(64)
+        .total_core_instances(512)
+        .total_memories(128)
+        .total_tables(256);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).expect("engine");
     let component = Component::from_file(&engine, path).expect("component");
@@ -87,9 +98,14 @@ async fn raw_baseline(path: &Path, iters: usize) -> Vec<Duration> {
         {
             let mut li = linker.instance(name).expect("instance");
             for (fname, fitem) in inst.exports(&engine) {
-                if matches!(fitem.ty, wasmtime::component::types::ComponentItem::ComponentFunc(_)) {
-                    li.func_new(fname, |_, _, _, _| wasmtime::bail!("not linked in the baseline"))
-                        .expect("trap func");
+                if matches!(
+                    fitem.ty,
+                    wasmtime::component::types::ComponentItem::ComponentFunc(_)
+                ) {
+                    li.func_new(fname, |_, _, _, _| {
+                        wasmtime::bail!("not linked in the baseline")
+                    })
+                    .expect("trap func");
                 }
             }
         }
@@ -106,7 +122,11 @@ async fn raw_baseline(path: &Path, iters: usize) -> Vec<Duration> {
                 table: ResourceTable::new(),
             },
         );
-        let instance = pre.instantiate_async(&mut store).await.expect("instantiate");
+        store.set_epoch_deadline(1000);
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
         let iface = instance
             .get_export_index(&mut store, None, "drhost:plugin/plugin@0.1.0")
             .expect("interface");
@@ -141,7 +161,10 @@ fn reset_peak_rss() {
 }
 
 fn row(name: &str, value: String, target: &str, baseline: Option<String>) {
-    println!("{name:<58} {value:>14} {target:>12} {:>22}", baseline.unwrap_or_default());
+    println!(
+        "{name:<58} {value:>14} {target:>12} {:>22}",
+        baseline.unwrap_or_default()
+    );
 }
 
 #[tokio::main]
@@ -155,20 +178,33 @@ async fn main() {
 
     let policy = Arc::new(Policy::deny_all());
     let audit = AuditWriter::create(&dir.path().join("audit.jsonl")).expect("audit");
-    let caps = Arc::new(build_caps(&policy, Some(audit), StateCap::ephemeral(1 << 20)).await.expect("caps"));
+    let caps = Arc::new(
+        build_caps(&policy, Some(audit), StateCap::ephemeral(1 << 20))
+            .await
+            .expect("caps"),
+    );
     let budget = Duration::from_secs(30);
     let iters = 3000;
 
-    println!("{:<58} {:>14} {:>12} {:>22}", "benchmark", "median", "target", "raw wasmtime 48");
+    println!(
+        "{:<58} {:>14} {:>12} {:>22}",
+        "benchmark", "median", "target", "raw wasmtime 48"
+    );
 
     // 1. Instantiate + one run-step from a precompiled component.
     for _ in 0..200 {
-        runtime.run_step(&probe, &caps, "noop", &[], budget).await.expect("warm-up");
+        runtime
+            .run_step(&probe, &caps, "noop", &[], budget)
+            .await
+            .expect("warm-up");
     }
     let mut ours = Vec::with_capacity(iters);
     for _ in 0..iters {
         let start = Instant::now();
-        runtime.run_step(&probe, &caps, "noop", &[], budget).await.expect("noop");
+        runtime
+            .run_step(&probe, &caps, "noop", &[], budget)
+            .await
+            .expect("noop");
         ours.push(start.elapsed());
     }
     let raw = raw_baseline(&probe_path, iters).await;
@@ -180,6 +216,26 @@ async fn main() {
         Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),
     );
     row("  p90", format!("{:.1} µs", us(p90(ours))), "", None);
+    let hello = runtime.load(&plugin("hello")).expect("hello");
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        runtime
+            .run_step(&hello, &caps, "check", &[], budget)
+            .await
+            .expect("check");
+        times.push(start.elapsed());
+    }
+    row(
+        "instantiate + run-step (hello: 2 audited state calls)",
+        format!("{:.1} µs", us(median(times))),
+        "",
+        None,
+    );
+
+    if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
+        return;
+    }
 
     // 2. One audited capability call: state.get, n calls in one step.
     let n = 100_000u32;
@@ -204,7 +260,12 @@ async fn main() {
         };
         per_call.push(many.saturating_sub(zero) / n);
     }
-    row("audited capability call (state.get, round trip)", format!("{:.2} µs", us(median(per_call))), "< 2 µs", Some("~0.1 µs (host call)".into()));
+    row(
+        "audited capability call (state.get, round trip)",
+        format!("{:.2} µs", us(median(per_call))),
+        "< 2 µs",
+        Some("~0.1 µs (host call)".into()),
+    );
 
     // 3. Whole `drhost run` of a trivial plugin, cache warm.
     let bin = env!("CARGO_BIN_EXE_drhost");
@@ -223,14 +284,27 @@ async fn main() {
             .env("DRHOST_LOG", "warn")
             .output()
             .expect("drhost run");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         s.elapsed()
     };
     let first = run();
     let warm: Vec<Duration> = (0..20).map(|_| run()).collect();
     row(
         "drhost run hello.wasm, whole process, cache warm",
-        format!("{:.1} ms", warm.iter().copied().min().map(|_| median(warm.clone())).unwrap_or_default().as_secs_f64() * 1e3),
+        format!(
+            "{:.1} ms",
+            warm.iter()
+                .copied()
+                .min()
+                .map(|_| median(warm.clone()))
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3
+        ),
         "< 30 ms",
         Some(format!("first run {:.0} ms", first.as_secs_f64() * 1e3)),
     );
@@ -240,7 +314,9 @@ async fn main() {
     std::fs::create_dir_all(dir.path().join("a")).expect("dir");
     let src = std::fs::File::create(dir.path().join("a/big")).expect("big file");
     src.set_len(size).expect("sparse 1 GiB");
-    let mut toml = "[s3.a]\npath = \"a\"\naccess = [\"read\"]\n[s3.b]\npath = \"b\"\naccess = [\"write\"]\n".to_string();
+    let mut toml =
+        "[s3.a]\npath = \"a\"\naccess = [\"read\"]\n[s3.b]\npath = \"b\"\naccess = [\"write\"]\n"
+            .to_string();
     let s3 = std::env::var("DRHOST_BENCH_S3").ok();
     if let Some(endpoint) = &s3 {
         toml.push_str(&format!(
@@ -250,12 +326,27 @@ async fn main() {
     let mut p = Policy::parse(&toml).expect("policy");
     p.source = Some(dir.path().join("policy.toml"));
     let p = Arc::new(p);
-    let copy_caps = Arc::new(build_caps(&p, None, StateCap::ephemeral(0)).await.expect("caps"));
+    let copy_caps = Arc::new(
+        build_caps(&p, None, StateCap::ephemeral(0))
+            .await
+            .expect("caps"),
+    );
     reset_peak_rss();
     let before = peak_rss_kib();
     let s = Instant::now();
     let out = runtime
-        .run_step(&probe, &copy_caps, "s3.copy", &[f("alias", "a"), f("key", "big"), f("dst-alias", "b"), f("dst-key", "big")], Duration::from_secs(600))
+        .run_step(
+            &probe,
+            &copy_caps,
+            "s3.copy",
+            &[
+                f("alias", "a"),
+                f("key", "big"),
+                f("dst-alias", "b"),
+                f("dst-key", "big"),
+            ],
+            Duration::from_secs(600),
+        )
         .await
         .expect("copy");
     assert!(matches!(out, Outcome::Ok(_)), "{out:?}");
@@ -265,7 +356,11 @@ async fn main() {
         "copy 1 GiB local → local alias: peak RSS growth",
         format!("{:.1} MiB", peak.saturating_sub(before) as f64 / 1024.0),
         "< 100 MiB",
-        Some(format!("{:.0} MiB/s, RSS {:.0} MiB", 1024.0 / took.as_secs_f64(), peak as f64 / 1024.0)),
+        Some(format!(
+            "{:.0} MiB/s, RSS {:.0} MiB",
+            1024.0 / took.as_secs_f64(),
+            peak as f64 / 1024.0
+        )),
     );
     if s3.is_some() {
         let conf = aws_sdk_s3::Config::builder()
@@ -273,14 +368,31 @@ async fn main() {
             .endpoint_url(std::env::var("DRHOST_BENCH_S3").unwrap_or_default())
             .region(aws_sdk_s3::config::Region::new("us-east-1"))
             .force_path_style(true)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "bench"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "bench",
+            ))
             .build();
-        let _ = aws_sdk_s3::Client::from_conf(conf).create_bucket().bucket("drhost-bench").send().await;
+        let _ = aws_sdk_s3::Client::from_conf(conf)
+            .create_bucket()
+            .bucket("drhost-bench")
+            .send()
+            .await;
         reset_peak_rss();
         let before = peak_rss_kib();
         let s = Instant::now();
         let out = runtime
-            .run_step(&probe, &copy_caps, "s3.copy", &[f("alias", "a"), f("key", "big"), f("dst-alias", "r"), f("dst-key", "big")], Duration::from_secs(1200))
+            .run_step(
+                &probe,
+                &copy_caps,
+                "s3.copy",
+                &[
+                    f("alias", "a"),
+                    f("key", "big"),
+                    f("dst-alias", "r"),
+                    f("dst-key", "big"),
+                ],
+                Duration::from_secs(1200),
+            )
             .await
             .expect("copy");
         assert!(matches!(out, Outcome::Ok(_)), "{out:?}");

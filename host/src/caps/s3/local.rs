@@ -248,7 +248,10 @@ impl Backend for LocalBucket {
                 .await?;
             let mut out = tokio::fs::File::from_std(file);
             let copied = async {
-                let n = tokio::io::copy(&mut (&mut reader).take(size + 1), &mut out).await?;
+                // Big reads and writes: each one is a trip to tokio's blocking pool.
+                let mut src =
+                    tokio::io::BufReader::with_capacity(1 << 20, (&mut reader).take(size + 1));
+                let n = tokio::io::copy_buf(&mut src, &mut out).await?;
                 tokio::io::AsyncWriteExt::flush(&mut out).await?;
                 out.sync_all().await?;
                 Ok::<u64, std::io::Error>(n)
