@@ -226,3 +226,38 @@ async fn inspect_shows_what_the_policy_grants() {
         .expect("http import listed");
     assert!(line.contains("NOT GRANTED"), "{line}");
 }
+
+#[test]
+fn a_scenario_missing_an_export_is_refused_naming_it() {
+    let err = runtime()
+        .load(&plugin_path("missing-export"))
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(matches!(err, LoadError::Mismatch { .. }), "{msg}");
+    assert!(msg.contains("does not have export `info`"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_policy_pin_refuses_any_other_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy =
+        drhost::policy::Policy::parse(&format!("[plugin]\nsha256 = \"{}\"\n", "0".repeat(64)))
+            .unwrap();
+    let err = drhost::orchestrator::run(
+        runtime(),
+        &plugin_path("hello"),
+        drhost::orchestrator::RunOptions {
+            policy,
+            out_dir: dir.path().join("runs"),
+            state_dir: dir.path().join("state"),
+            phase: None,
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(err.exit_code(), 4);
+    assert!(err.to_string().contains("the policy pins"), "{err}");
+    assert!(!dir.path().join("runs").exists(), "nothing may run");
+}

@@ -378,3 +378,144 @@ async fn versions_can_be_listed_and_read_back() {
     let b = get(&body, "body").unwrap();
     assert!(b == "one" || b == "two", "{b}");
 }
+
+/// A TCP proxy to the S3 server that dies for good once `limit` bytes have
+/// passed through it in either direction: a server vanishing mid-transfer.
+async fn vanishing_proxy(limit: u64) -> String {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = s3_endpoint().trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let dead = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = cut.notified() => return,
+            };
+            let Ok((client, _)) = accepted else { return };
+            if dead.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                ),
+                (Box::new(sr), Box::new(cw)),
+            ] {
+                let (seen, dead, cut) = (seen.clone(), dead.clone(), cut.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        if dead.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if seen.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > limit {
+                            dead.store(true, Ordering::SeqCst);
+                            cut.notify_one();
+                            return;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn proxied_alias(alias: &str, bucket: &str, endpoint: &str, access: &str) -> String {
+    format!(
+        "[s3.{alias}]\nbucket = \"{bucket}\"\naccess = {access}\nendpoint = \"{endpoint}\"\npath-style = true\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n"
+    )
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_mid_transfer_leaves_no_object() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("local")).unwrap();
+    std::fs::write(dir.path().join("local/blob"), vec![3u8; 20 << 20]).unwrap();
+    let b = bucket(false).await;
+    let proxy = vanishing_proxy(12 << 20).await;
+    let policy = format!(
+        "{}{}",
+        local_alias("l", "local", "[\"read\"]"),
+        proxied_alias("r", &b, &proxy, "[\"write\", \"read\"]")
+    );
+    let caps = caps(&policy, dir.path()).await;
+    let err = failed(
+        &caps,
+        "s3.copy",
+        &[
+            ("alias", "l"),
+            ("key", "blob"),
+            ("dst-alias", "r"),
+            ("dst-key", "blob"),
+        ],
+    )
+    .await;
+    assert!(err.starts_with("unavailable:"), "{err}");
+    let head = admin()
+        .await
+        .head_object()
+        .bucket(&b)
+        .key("blob")
+        .send()
+        .await;
+    assert!(head.is_err(), "a partial upload became visible");
+}
+
+#[tokio::test]
+async fn a_download_cut_off_mid_transfer_leaves_no_local_object() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("local")).unwrap();
+    let b = bucket(false).await;
+    admin()
+        .await
+        .put_object()
+        .bucket(&b)
+        .key("blob")
+        .body(vec![5u8; 20 << 20].into())
+        .send()
+        .await
+        .unwrap();
+    let proxy = vanishing_proxy(4 << 20).await;
+    let policy = format!(
+        "{}{}",
+        local_alias("l", "local", "[\"write\", \"list\"]"),
+        proxied_alias("r", &b, &proxy, "[\"read\"]")
+    );
+    let caps = caps(&policy, dir.path()).await;
+    let err = failed(
+        &caps,
+        "s3.copy",
+        &[
+            ("alias", "r"),
+            ("key", "blob"),
+            ("dst-alias", "l"),
+            ("dst-key", "blob"),
+        ],
+    )
+    .await;
+    assert!(err.starts_with("unavailable:"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("local"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "partial files left behind: {left:?}");
+}
