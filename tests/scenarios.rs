@@ -314,15 +314,12 @@ async fn app_health_is_healthy_while_the_endpoint_answers_and_fails_verification
         format!("[http]\nallow = [\"http://127.0.0.1:{port}/health\"]\n"),
     )
     .unwrap();
-    // The health URL is the plugin's own state: set it the way an operator would.
+    // The health URL is the plugin's own state: set it the way `drhost state set` does.
     let state_dir = dir.path().join("state");
-    std::fs::create_dir_all(state_dir.join("state")).unwrap();
     let url = format!("http://127.0.0.1:{port}/health");
-    std::fs::write(
-        state_dir.join("state/app-health.json"),
-        format!("{{\"health-url\": \"{}\"}}", hex::encode(url.as_bytes())),
-    )
-    .unwrap();
+    let store = drhost::caps::state::StateCap::load(&state_dir, "app-health", 1 << 20).unwrap();
+    store.set("health-url", url.into_bytes()).unwrap();
+    store.persist().unwrap();
     let opts = || RunOptions {
         policy: Policy::load(&policy).unwrap(),
         out_dir: dir.path().join("runs"),

@@ -55,11 +55,30 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Read or change a scenario's state store (what its `state` interface sees).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Prepare the quickstart's two local buckets and damage the primary.
     Quickstart {
         /// Directory that will hold primary/ and secondary/.
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// List the keys and values (as text where they are UTF-8).
+    List { scenario: String },
+    /// Set a key to a text value.
+    Set {
+        scenario: String,
+        key: String,
+        value: String,
+    },
+    /// Remove a key.
+    Delete { scenario: String, key: String },
 }
 
 #[derive(Subcommand)]
@@ -239,6 +258,42 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let lines = audit::read(&file)?;
             print!("{}", audit::render_timeline(&lines));
+            Ok(0)
+        }
+        Command::State { command } => {
+            use drhost::caps::state::StateCap;
+            let cap = u64::MAX;
+            match command {
+                StateCommand::List { scenario } => {
+                    let store = StateCap::load(&state_dir, &scenario, cap)?;
+                    for key in store.keys() {
+                        let value = store.get(&key).unwrap_or_default();
+                        match String::from_utf8(value) {
+                            Ok(text) => println!("{key} = {text}"),
+                            Err(e) => println!("{key} = <{} bytes>", e.as_bytes().len()),
+                        }
+                    }
+                }
+                StateCommand::Set {
+                    scenario,
+                    key,
+                    value,
+                } => {
+                    let store = StateCap::load(&state_dir, &scenario, cap)?;
+                    store
+                        .set(&key, value.into_bytes())
+                        .map_err(|e| anyhow::anyhow!(drhost::caps::error_text(&e)))?;
+                    store.persist()?;
+                }
+                StateCommand::Delete { scenario, key } => {
+                    let store = StateCap::load(&state_dir, &scenario, cap)?;
+                    if !store.delete(&key) {
+                        eprintln!("{scenario} has no key {key:?}");
+                        return Ok(1);
+                    }
+                    store.persist()?;
+                }
+            }
             Ok(0)
         }
         Command::Quickstart { dir } => {
