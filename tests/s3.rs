@@ -3,24 +3,12 @@
 
 mod common;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use common::*;
-
-async fn admin() -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(s3_endpoint())
-        .region(Region::new("us-east-1"))
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
 
 /// A fresh bucket on the S3 test server, optionally versioned.
 async fn bucket(versioned: bool) -> String {
     let name = format!("drhost-{}", unique()).replace('_', "-");
-    let c = admin().await;
+    let c = s3_admin();
     c.create_bucket()
         .bucket(&name)
         .send()
@@ -154,8 +142,7 @@ async fn every_operation_works_on_the_s3_server() {
     let b = bucket(false).await;
     exercise(&s3_alias("b", &b, "tenant/", ALL), dir.path()).await;
     // The prefix is applied on the server.
-    let listed = admin()
-        .await
+    let listed = s3_admin()
         .list_objects_v2()
         .bucket(&b)
         .send()
@@ -471,13 +458,7 @@ async fn an_upload_cut_off_mid_transfer_leaves_no_object() {
     )
     .await;
     assert!(err.starts_with("unavailable:"), "{err}");
-    let head = admin()
-        .await
-        .head_object()
-        .bucket(&b)
-        .key("blob")
-        .send()
-        .await;
+    let head = s3_admin().head_object().bucket(&b).key("blob").send().await;
     assert!(head.is_err(), "a partial upload became visible");
 }
 
@@ -486,8 +467,7 @@ async fn a_download_cut_off_mid_transfer_leaves_no_local_object() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("local")).unwrap();
     let b = bucket(false).await;
-    admin()
-        .await
+    s3_admin()
         .put_object()
         .bucket(&b)
         .key("blob")

@@ -115,17 +115,9 @@ async fn storage_failover_detects_restores_and_verifies_then_finds_all_healthy()
 
 #[tokio::test]
 async fn storage_failover_restores_an_s3_primary_from_a_local_secondary() {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let dir = tempfile::tempdir().unwrap();
     drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(s3_endpoint())
-        .region(Region::new("us-east-1"))
-        .force_path_style(true)
-        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-        .build();
-    let s3 = aws_sdk_s3::Client::from_conf(conf);
+    let s3 = s3_admin();
     let bucket = format!("drhost-sf-{}", unique());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let policy = format!(
@@ -340,4 +332,35 @@ async fn app_health_is_healthy_while_the_endpoint_answers_and_fails_verification
     );
     assert_eq!(down.outcome, "failed");
     assert_eq!(down.exit_code, 1);
+}
+
+#[tokio::test]
+async fn a_step_over_its_budget_ends_the_run_with_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    // The probe's only contain step spins until it is stopped (budget 2 s).
+    let report = orchestrator::run(
+        runtime(),
+        &plugin_path("probe"),
+        RunOptions {
+            policy: Policy::deny_all(),
+            out_dir: dir.path().join("runs"),
+            state_dir: dir.path().join("state"),
+            phase: orchestrator::parse_phase("contain"),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.steps.len(), 1);
+    let spin = &report.steps[0];
+    assert_eq!(spin.id, "spin");
+    assert!(spin.over_budget);
+    assert_eq!(spin.detail, "step spin exceeded its budget of 2 s");
+    assert_eq!(report.outcome, "target-missed");
+    assert_eq!(report.exit_code, 3);
+    let records = audit::read(&report.audit_log).unwrap();
+    let end = records
+        .iter()
+        .find(|l| l.record.get("type").and_then(|t| t.as_str()) == Some("step-end"))
+        .unwrap();
+    assert_eq!(end.record["over_budget"], true);
 }

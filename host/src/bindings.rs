@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use drhost::plugin::types::{
+pub use self::drhost::plugin::types::{
     Component, ComponentKind, Error as CapError, Finding, Outcome, Phase, Priority, ScenarioInfo,
     Step,
 };

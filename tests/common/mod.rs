@@ -39,6 +39,19 @@ pub fn s3_endpoint() -> String {
     std::env::var("DRHOST_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:9000".into())
 }
 
+/// An administrator's client for the S3 test server (moto takes any credentials).
+pub fn s3_admin() -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(s3_endpoint())
+        .region(Region::new("us-east-1"))
+        .force_path_style(true)
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 pub fn mariadb_url() -> String {
     std::env::var("DRHOST_TEST_MARIADB")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())

@@ -32,7 +32,7 @@ const STEPS: &[(&str, Phase, bool)] = &[
     ("stdout", Phase::Detect, false),
     ("state.loop", Phase::Detect, false),
     ("wasi-closed", Phase::Detect, false),
-    ("spin", Phase::Detect, false),
+    ("spin", Phase::Contain, false),
     ("grow", Phase::Detect, false),
     ("trap", Phase::Detect, false),
 ];
