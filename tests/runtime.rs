@@ -255,8 +255,7 @@ async fn a_policy_pin_refuses_any_other_component() {
         },
     )
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert_eq!(err.exit_code(), 4);
     assert!(err.to_string().contains("the policy pins"), "{err}");
     assert!(!dir.path().join("runs").exists(), "nothing may run");
