@@ -364,3 +364,34 @@ async fn a_step_over_its_budget_ends_the_run_with_exit_3() {
         .unwrap();
     assert_eq!(end.record["over_budget"], true);
 }
+
+#[test]
+fn run_finds_the_policy_beside_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("x.wasm");
+    std::fs::copy(plugin_path("hello"), &wasm).unwrap();
+    std::fs::write(
+        dir.path().join("x.policy.toml"),
+        "[limits]\nmemory = \"32 MiB\"\n",
+    )
+    .unwrap();
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["run", "--json", "--out"])
+        .arg(dir.path().join("runs"))
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = audit::read(Path::new(report["audit_log"].as_str().unwrap())).unwrap();
+    let policy = log[0].record["policy"].as_str().unwrap();
+    assert!(policy.ends_with("x.policy.toml"), "{policy}");
+    assert_eq!(report["outcome"], "healthy");
+}

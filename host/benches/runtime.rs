@@ -74,7 +74,7 @@ impl WasiView for Raw {
 }
 
 /// Raw wasmtime: the same component and call, WASI only, drhost imports as traps.
-async fn raw_baseline(path: &Path, iters: usize) -> Vec<Duration> {
+async fn raw_baseline(path: &Path, iters: usize, engine: Option<&Engine>) -> Vec<Duration> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     // The same engine settings as drhost's, so the difference is drhost's own.
@@ -85,7 +85,10 @@ async fn raw_baseline(path: &Path, iters: usize) -> Vec<Duration> {
         .total_memories(128)
         .total_tables(256);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    let engine = Engine::new(&config).expect("engine");
+    let engine = match engine {
+        Some(e) => e.clone(),
+        None => Engine::new(&config).expect("engine"),
+    };
     let component = Component::from_file(&engine, path).expect("component");
     let mut linker = Linker::<Raw>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
@@ -207,7 +210,16 @@ async fn main() {
             .expect("noop");
         ours.push(start.elapsed());
     }
-    let raw = raw_baseline(&probe_path, iters).await;
+    let raw = raw_baseline(&probe_path, iters, None).await;
+    if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
+        let same = raw_baseline(&probe_path, iters, Some(runtime.engine())).await;
+        row(
+            "  raw wasmtime on drhost's engine",
+            format!("{:.1} µs", us(median(same))),
+            "",
+            None,
+        );
+    }
     let (m, r) = (median(ours.clone()), median(raw));
     row(
         "instantiate + run-step (probe, precompiled)",

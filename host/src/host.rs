@@ -271,9 +271,16 @@ impl s3::Host for HostState {
             .arg("sha256", crate::digest::sha256_hex(&body))
             .mutating();
         let a = alias_or_deny!(caps, call, alias, S3Access::Write, "put");
+        let max = caps.s3.max_guest_bytes;
         Ok(caps
             .gate
             .call(call, a.decide(S3Access::Write, "put"), || async {
+                if body.len() as u64 > max {
+                    return Err(CapError::TooLarge(format!(
+                        "a put of {} bytes is over the {max}-byte limit for data from the plugin ([limits] max-guest-bytes); write big objects with s3.copy",
+                        body.len()
+                    )));
+                }
                 let full = a.key(&key)?;
                 Ok(a.backend.put(&full, body).await?.to_wit(a))
             })
