@@ -260,3 +260,21 @@ async fn a_policy_pin_refuses_any_other_component() {
     assert!(err.to_string().contains("the policy pins"), "{err}");
     assert!(!dir.path().join("runs").exists(), "nothing may run");
 }
+
+#[test]
+fn a_component_changed_in_place_is_hashed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("plugin.wasm");
+    std::fs::copy(plugin_path("hello"), &p).unwrap();
+    let first = runtime().load(&p).unwrap();
+    // Same file, unchanged: known by its identity, from the cache.
+    let again = runtime().load(&p).unwrap();
+    assert_eq!(again.sha256, first.sha256);
+    assert!(again.from_cache);
+    // Rewritten in place with other bytes: the index must not be trusted.
+    std::fs::write(&p, std::fs::read(plugin_path("app-health")).unwrap()).unwrap();
+    let changed = runtime().load(&p).unwrap();
+    let expected = drhost::digest::sha256_file(&plugin_path("app-health")).unwrap();
+    assert_eq!(changed.sha256, expected);
+    assert_ne!(changed.sha256, first.sha256);
+}

@@ -395,3 +395,33 @@ fn run_finds_the_policy_beside_the_plugin() {
     assert!(policy.ends_with("x.policy.toml"), "{policy}");
     assert_eq!(report["outcome"], "healthy");
 }
+
+#[tokio::test]
+async fn a_python_plugin_runs_and_keeps_its_state_like_a_rust_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = plugin_path("hello-py");
+    let opts = || RunOptions {
+        policy: Policy::deny_all(),
+        out_dir: dir.path().join("runs"),
+        state_dir: dir.path().join("state"),
+        phase: None,
+    };
+    let first = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
+    assert_eq!(
+        first.outcome,
+        "healthy",
+        "{}",
+        orchestrator::render_table(&first)
+    );
+    assert_eq!(
+        first.steps[0].findings,
+        [("runs".to_string(), "1".to_string())]
+    );
+    let second = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
+    assert_eq!(
+        second.steps[0].findings,
+        [("runs".to_string(), "2".to_string())]
+    );
+    let start = &audit::read(&second.audit_log).unwrap()[0].record;
+    assert_eq!(start["compiled_from_cache"], true);
+}

@@ -227,6 +227,13 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     );
     start.insert("component".into(), wasm.display().to_string().into());
     start.insert("component_sha256".into(), plugin.sha256.clone().into());
+    start.insert("compiled_from_cache".into(), plugin.from_cache.into());
+    start.insert(
+        "load_us".into(),
+        u64::try_from(plugin.load_time.as_micros())
+            .unwrap_or(u64::MAX)
+            .into(),
+    );
     start.insert(
         "policy".into(),
         policy

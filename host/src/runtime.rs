@@ -188,13 +188,47 @@ impl Runtime {
     /// Compiles (or loads from the cache) and checks a component file.
     pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
         let start = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let read_err = |source| LoadError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        // Fast path: a file we have seen, unchanged since (same inode, size,
+        // mtime and ctime), maps straight to its compiled artifact without
+        // reading and hashing megabytes of component on every run.
+        let seen = std::fs::metadata(path).map_err(read_err)?;
+        if let Some((sha256, component)) = self.known(&seen) {
+            let (pre, wit_version, imports) = self.check(path, &component)?;
+            tracing::debug!(
+                "loaded {} from the cache index in {:?}",
+                path.display(),
+                start.elapsed()
+            );
+            return Ok(Plugin {
+                path: path.to_path_buf(),
+                sha256,
+                wit_version,
+                imports,
+                from_cache: true,
+                load_time: start.elapsed(),
+                pre,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
         let sha256 = crate::digest::sha256_hex(&bytes);
         let (component, from_cache) = self.compile(path, &bytes, &sha256)?;
         let (pre, wit_version, imports) = self.check(path, &component)?;
+        self.remember(&seen, &sha256);
+        tracing::debug!(
+            "loaded {} ({} bytes, {}) in {:?}",
+            path.display(),
+            bytes.len(),
+            if from_cache {
+                "from the cache"
+            } else {
+                "compiled"
+            },
+            start.elapsed()
+        );
         Ok(Plugin {
             path: path.to_path_buf(),
             sha256,
@@ -204,6 +238,54 @@ impl Runtime {
             load_time: start.elapsed(),
             pre,
         })
+    }
+
+    /// The index entry for a file's identity. ctime is part of it because no
+    /// user can set it: any write to the file, or any attempt to restore its
+    /// mtime afterwards, changes it.
+    fn index_path(&self, meta: &std::fs::Metadata) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join("index").join(format!(
+            "{:x}-{:x}-{:x}-{}.{}-{}.{}",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        )))
+    }
+
+    fn known(&self, meta: &std::fs::Metadata) -> Option<(String, Component)> {
+        let sha = std::fs::read_to_string(self.index_path(meta)?).ok()?;
+        let sha = sha.trim();
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let artifact = self.cache_path(sha)?;
+        // SAFETY: as in `compile`: our own cache, checked by wasmtime for
+        // engine compatibility.
+        let component = unsafe { Component::deserialize_file(&self.engine, &artifact) }.ok()?;
+        Some((sha.to_string(), component))
+    }
+
+    fn remember(&self, meta: &std::fs::Metadata, sha: &str) {
+        let Some(path) = self.index_path(meta) else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, sha)?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::debug!("could not index {}: {e}", path.display());
+        }
     }
 
     /// Compiles a component into the cache without running it (`drhost compile`).
