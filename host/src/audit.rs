@@ -159,7 +159,12 @@ fn split_line(text: &str) -> Result<(&str, &str), String> {
     if rest.len() < 64 + RECORD_KEY.len() {
         return Err("line too short".into());
     }
-    let (hash, rest) = rest.split_at(64);
+    // Checked before slicing: a tampered line may hold multi-byte characters.
+    let hash = rest
+        .get(..64)
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or("the hash is not 64 hexadecimal digits")?;
+    let rest = &rest[64..];
     let body = rest
         .strip_prefix(RECORD_KEY)
         .and_then(|r| r.strip_suffix('}'))
@@ -239,7 +244,7 @@ pub fn verify(path: &Path, expected_head: Option<&str>) -> Result<Verdict, Audit
             reason: format!(
                 "the last record's hash {}… differs from the head recorded in the state directory ({}…): the log was rewritten or cut",
                 &prev[..12],
-                &expected[..expected.len().min(12)]
+                expected.get(..12).unwrap_or(expected)
             ),
         });
     }
@@ -451,6 +456,19 @@ mod tests {
         let mut swapped = orig.clone();
         swapped.swap(1, 2);
         rewrite(&path, &swapped);
+        assert!(matches!(
+            verify(&path, None).unwrap(),
+            Verdict::Broken { line: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_multibyte_character_in_the_hash_is_reported_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_log(dir.path(), 1, true);
+        let mut l = lines(&path);
+        l[1] = l[1].replacen("\"hash\":\"", "\"hash\":\"é", 1);
+        rewrite(&path, &l);
         assert!(matches!(
             verify(&path, None).unwrap(),
             Verdict::Broken { line: 2, .. }

@@ -208,7 +208,28 @@ impl state::Host for HostState {
     }
 
     async fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.caps.state.keys())
+        let caps = Arc::clone(&self.caps);
+        let call = Call::new("state", "keys", "");
+        let r = caps
+            .gate
+            .call(
+                call,
+                Decision::Allow("state (always granted)".into()),
+                || async { Ok(KeyList(caps.state.keys())) },
+            )
+            .await;
+        Ok(r.map(|k| k.0).unwrap_or_default())
+    }
+}
+
+/// The state store's keys, counted in the audit record.
+struct KeyList(Vec<String>);
+
+impl crate::caps::Summarize for KeyList {
+    fn moved(&self) -> crate::caps::Moved {
+        let mut m = crate::caps::Moved::default();
+        m.extra.insert("keys".into(), self.0.len().into());
+        m
     }
 }
 

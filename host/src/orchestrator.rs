@@ -312,7 +312,6 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
             }
         }
     }
-    let _ = run_started;
 
     // Per component: detection to verified recovery, against the RTO.
     let mut components = Vec::new();
