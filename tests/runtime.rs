@@ -252,6 +252,7 @@ async fn a_policy_pin_refuses_any_other_component() {
             out_dir: dir.path().join("runs"),
             state_dir: dir.path().join("state"),
             phase: None,
+            plan: false,
         },
     )
     .await

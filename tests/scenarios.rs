@@ -35,6 +35,7 @@ async fn storage_failover_detects_restores_and_verifies_then_finds_all_healthy()
         out_dir: dir.path().join("runs"),
         state_dir: dir.path().join("state"),
         phase: None,
+        plan: false,
     };
     let wasm = plugin_path("storage-failover");
     let report = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
@@ -135,6 +136,7 @@ async fn storage_failover_restores_an_s3_primary_from_a_local_secondary() {
             out_dir: dir.path().join("runs"),
             state_dir: dir.path().join("state"),
             phase: None,
+            plan: false,
         },
     )
     .await
@@ -317,6 +319,7 @@ async fn app_health_is_healthy_while_the_endpoint_answers_and_fails_verification
         out_dir: dir.path().join("runs"),
         state_dir: state_dir.clone(),
         phase: None,
+        plan: false,
     };
     let wasm = plugin_path("app-health");
     let up = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
@@ -346,6 +349,7 @@ async fn a_step_over_its_budget_ends_the_run_with_exit_3() {
             out_dir: dir.path().join("runs"),
             state_dir: dir.path().join("state"),
             phase: orchestrator::parse_phase("contain"),
+            plan: false,
         },
     )
     .await
@@ -405,6 +409,7 @@ async fn a_python_plugin_runs_and_keeps_its_state_like_a_rust_one() {
         out_dir: dir.path().join("runs"),
         state_dir: dir.path().join("state"),
         phase: None,
+        plan: false,
     };
     let first = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
     assert_eq!(
@@ -424,4 +429,50 @@ async fn a_python_plugin_runs_and_keeps_its_state_like_a_rust_one() {
     );
     let start = &audit::read(&second.audit_log).unwrap()[0].record;
     assert_eq!(start["compiled_from_cache"], true);
+}
+
+#[tokio::test]
+async fn plan_mode_records_mutating_calls_without_executing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let damage = drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
+    let policy_path = storage_policy(dir.path());
+    let report = orchestrator::run(
+        runtime(),
+        &plugin_path("storage-failover"),
+        RunOptions {
+            policy: Policy::load(&policy_path).unwrap(),
+            out_dir: dir.path().join("runs"),
+            state_dir: dir.path().join("state"),
+            phase: None,
+            plan: true,
+        },
+    )
+    .await
+    .unwrap();
+    // Detection reads; the restore's copies are planned, so nothing changes.
+    assert_eq!(report.steps[0].outcome, "detected");
+    assert!(
+        report.steps[1]
+            .detail
+            .contains("planned: plan mode: s3.copy"),
+        "{}",
+        report.steps[1].detail
+    );
+    assert!(
+        !dir.path()
+            .join("buckets/primary")
+            .join(&damage.deleted)
+            .exists()
+    );
+    let records = audit::read(&report.audit_log).unwrap();
+    assert_eq!(records[0].record["plan"], true);
+    let planned = records
+        .iter()
+        .filter(|l| l.record.get("decision").and_then(|d| d.as_str()) == Some("plan"))
+        .count();
+    assert!(planned >= 1);
+    assert!(records.iter().all(|l| {
+        l.record.get("op").and_then(|o| o.as_str()) != Some("copy")
+            || l.record.get("decision").and_then(|d| d.as_str()) == Some("plan")
+    }));
 }

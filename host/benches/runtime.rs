@@ -182,7 +182,7 @@ async fn main() {
     let policy = Arc::new(Policy::deny_all());
     let audit = AuditWriter::create(&dir.path().join("audit.jsonl")).expect("audit");
     let caps = Arc::new(
-        build_caps(&policy, Some(audit), StateCap::ephemeral(1 << 20))
+        build_caps(&policy, Some(audit), StateCap::ephemeral(1 << 20), false)
             .await
             .expect("caps"),
     );
@@ -350,7 +350,7 @@ async fn main() {
     p.source = Some(dir.path().join("policy.toml"));
     let p = Arc::new(p);
     let copy_caps = Arc::new(
-        build_caps(&p, None, StateCap::ephemeral(0))
+        build_caps(&p, None, StateCap::ephemeral(0), false)
             .await
             .expect("caps"),
     );

@@ -12,8 +12,15 @@ use std::sync::Arc;
 pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<String, RunError> {
     let plugin = runtime.load(wasm)?;
     let policy = Arc::new(policy);
-    let caps =
-        Arc::new(build_caps(&policy, None, crate::caps::state::StateCap::ephemeral(0)).await?);
+    let caps = Arc::new(
+        build_caps(
+            &policy,
+            None,
+            crate::caps::state::StateCap::ephemeral(0),
+            false,
+        )
+        .await?,
+    );
     let info = runtime.info(&plugin, &caps).await.map_err(RunError::Info)?;
     let mut out = String::new();
     let _ = writeln!(out, "{} {} — {}", info.name, info.version, info.description);

@@ -41,6 +41,9 @@ enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Plan mode: run the steps, but record mutating calls instead of executing them.
+        #[arg(long)]
+        plan: bool,
     },
     /// Show a plugin's metadata, its imports, and what the policy grants.
     Inspect {
@@ -144,6 +147,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             out,
             phase,
             json,
+            plan,
         } => {
             let policy = match load_policy(policy, &plugin) {
                 Ok(p) => p,
@@ -168,6 +172,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 out_dir: out,
                 state_dir,
                 phase,
+                plan,
             };
             match orchestrator::run(&runtime, &plugin, opts).await {
                 Ok(report) => {

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Run only the steps of this phase.
     pub phase: Option<Phase>,
+    /// Plan mode: mutating capability calls are recorded, not executed.
+    pub plan: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -198,8 +200,15 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     let policy = Arc::new(opts.policy);
 
     // The state store is per scenario, so `info` runs first on a throwaway one.
-    let probe =
-        Arc::new(build_caps(&policy, None, crate::caps::state::StateCap::ephemeral(0)).await?);
+    let probe = Arc::new(
+        build_caps(
+            &policy,
+            None,
+            crate::caps::state::StateCap::ephemeral(0),
+            opts.plan,
+        )
+        .await?,
+    );
     let info = runtime
         .info(&plugin, &probe)
         .await
@@ -215,7 +224,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         policy.limits.state_bytes.0,
     )
     .map_err(|e| RunError::Config(e.to_string()))?;
-    let caps = Arc::new(build_caps(&policy, Some(writer), state).await?);
+    let caps = Arc::new(build_caps(&policy, Some(writer), state, opts.plan).await?);
 
     let mut start = Map::new();
     start.insert("run_id".into(), run_id.clone().into());
@@ -250,6 +259,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         "mode".into(),
         opts.phase.map(phase_name).unwrap_or("recover").into(),
     );
+    start.insert("plan".into(), opts.plan.into());
     caps.gate.record("run-start", start);
     let mut meta = Map::new();
     meta.insert(
@@ -434,9 +444,10 @@ pub async fn build_caps(
     policy: &Arc<Policy>,
     audit: Option<AuditWriter>,
     state: crate::caps::state::StateCap,
+    plan: bool,
 ) -> Result<Caps, RunError> {
     Ok(Caps {
-        gate: Gate::new(audit),
+        gate: Gate::with_mode(audit, plan),
         s3: crate::caps::s3::S3Cap::from_policy(policy)
             .await
             .map_err(|e| RunError::Config(format!("policy: {e}")))?,

@@ -88,9 +88,14 @@ pub async fn caps(policy: &str, dir: &Path) -> Arc<Caps> {
     let audit =
         AuditWriter::create(&dir.join(format!("audit-{}.jsonl", unique()))).expect("audit log");
     Arc::new(
-        build_caps(&p, Some(audit), StateCap::ephemeral(p.limits.state_bytes.0))
-            .await
-            .expect("caps"),
+        build_caps(
+            &p,
+            Some(audit),
+            StateCap::ephemeral(p.limits.state_bytes.0),
+            false,
+        )
+        .await
+        .expect("caps"),
     )
 }
 

@@ -164,9 +164,12 @@ impl WasiHttpHooks for Hooks {
                 .unwrap_or(if scheme == "https" { 443 } else { 80 });
             let path = uri.path().to_string();
             let url = format!("{scheme}://{host}:{port}{path}");
-            let call = Call::new("http", "request", url.clone())
+            let mut call = Call::new("http", "request", url.clone())
                 .arg("method", request.method().as_str())
                 .arg("url", uri.to_string());
+            if !matches!(request.method().as_str(), "GET" | "HEAD" | "OPTIONS") {
+                call = call.mutating();
+            }
             let decision = match caps.http.decide(&scheme, &host, port, &path).await {
                 Ok(t) => {
                     if scheme == "http"
@@ -217,6 +220,9 @@ impl WasiHttpHooks for Hooks {
             match result {
                 Ok(mut r) => r.resp.take().ok_or(HttpError::InternalError(None)),
                 Err(_) if denied => Err(HttpError::HttpRequestDenied),
+                Err(crate::bindings::CapError::Planned(m)) => {
+                    Err(HttpError::InternalError(Some(m)))
+                }
                 Err(e) => Err(HttpError::InternalError(Some(crate::caps::error_text(&e)))),
             }
         })

@@ -107,6 +107,8 @@ pub struct Counters {
 
 /// Checks, runs and records every capability call of a run.
 pub struct Gate {
+    /// Plan mode: mutating calls are recorded, not executed.
+    plan: bool,
     audit: Mutex<Option<AuditWriter>>,
     step: Mutex<String>,
     pub counters: Counters,
@@ -114,7 +116,14 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(audit: Option<AuditWriter>) -> Self {
+        Self::with_mode(audit, false)
+    }
+
+    /// A gate in plan mode (`plan = true`) records mutating calls and returns
+    /// `planned` instead of executing them.
+    pub fn with_mode(audit: Option<AuditWriter>, plan: bool) -> Self {
         Gate {
+            plan,
             audit: Mutex::new(audit),
             step: Mutex::new(String::new()),
             counters: Counters::default(),
@@ -167,7 +176,15 @@ impl Gate {
     {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
+        let planned = self.plan && call.mutating;
         let (grant, result) = match decision {
+            Decision::Allow(grant) if planned => (
+                grant,
+                Err(CapError::Planned(format!(
+                    "plan mode: {}.{} on {} was recorded, not executed",
+                    call.interface, call.op, call.target
+                ))),
+            ),
             Decision::Allow(grant) => (grant, run().await),
             Decision::Deny { needed, message } => {
                 self.counters.denied.fetch_add(1, Ordering::Relaxed);
@@ -186,10 +203,12 @@ impl Gate {
         f.insert("interface".into(), Value::String(call.interface.into()));
         f.insert("op".into(), Value::String(call.op.into()));
         f.insert("target".into(), Value::String(call.target));
-        f.insert(
-            "decision".into(),
-            Value::String(if denied { "deny" } else { "allow" }.into()),
-        );
+        let decision = match (&result, denied) {
+            (_, true) => "deny",
+            (Err(CapError::Planned(_)), _) => "plan",
+            _ => "allow",
+        };
+        f.insert("decision".into(), Value::String(decision.into()));
         f.insert("grant".into(), Value::String(grant));
         if call.mutating {
             f.insert("mutating".into(), Value::Bool(true));
@@ -233,6 +252,7 @@ pub fn error_text(e: &CapError) -> String {
         CapError::TooLarge(m) => format!("too large: {m}"),
         CapError::Invalid(m) => format!("invalid: {m}"),
         CapError::Unavailable(m) => format!("unavailable: {m}"),
+        CapError::Planned(m) => format!("planned: {m}"),
     }
 }
 

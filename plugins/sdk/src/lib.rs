@@ -33,6 +33,7 @@ pub fn describe(e: &types::Error) -> String {
         types::Error::TooLarge(m) => format!("too large: {m}"),
         types::Error::Invalid(m) => format!("invalid: {m}"),
         types::Error::Unavailable(m) => format!("unavailable: {m}"),
+        types::Error::Planned(m) => format!("planned: {m}"),
     }
 }
 
