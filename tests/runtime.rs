@@ -247,13 +247,7 @@ async fn a_policy_pin_refuses_any_other_component() {
     let err = drhost::orchestrator::run(
         runtime(),
         &plugin_path("hello"),
-        drhost::orchestrator::RunOptions {
-            policy,
-            out_dir: dir.path().join("runs"),
-            state_dir: dir.path().join("state"),
-            phase: None,
-            plan: false,
-        },
+        run_opts(dir.path(), policy),
     )
     .await
     .expect_err("refused");

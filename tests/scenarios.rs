@@ -30,13 +30,7 @@ async fn storage_failover_detects_restores_and_verifies_then_finds_all_healthy()
     let dir = tempfile::tempdir().unwrap();
     let damage = drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
     let policy_path = storage_policy(dir.path());
-    let opts = || RunOptions {
-        policy: Policy::load(&policy_path).unwrap(),
-        out_dir: dir.path().join("runs"),
-        state_dir: dir.path().join("state"),
-        phase: None,
-        plan: false,
-    };
+    let opts = || run_opts(dir.path(), Policy::load(&policy_path).unwrap());
     let wasm = plugin_path("storage-failover");
     let report = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
     assert_eq!(
@@ -131,13 +125,7 @@ async fn storage_failover_restores_an_s3_primary_from_a_local_secondary() {
     let report = orchestrator::run(
         runtime(),
         &plugin_path("storage-failover"),
-        RunOptions {
-            policy: Policy::load(&path).unwrap(),
-            out_dir: dir.path().join("runs"),
-            state_dir: dir.path().join("state"),
-            phase: None,
-            plan: false,
-        },
+        run_opts(dir.path(), Policy::load(&path).unwrap()),
     )
     .await
     .unwrap();
@@ -314,13 +302,7 @@ async fn app_health_is_healthy_while_the_endpoint_answers_and_fails_verification
     let store = drhost::caps::state::StateCap::load(&state_dir, "app-health", 1 << 20).unwrap();
     store.set("health-url", url.into_bytes()).unwrap();
     store.persist().unwrap();
-    let opts = || RunOptions {
-        policy: Policy::load(&policy).unwrap(),
-        out_dir: dir.path().join("runs"),
-        state_dir: state_dir.clone(),
-        phase: None,
-        plan: false,
-    };
+    let opts = || run_opts(dir.path(), Policy::load(&policy).unwrap());
     let wasm = plugin_path("app-health");
     let up = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
     assert_eq!(up.outcome, "healthy", "{}", orchestrator::render_table(&up));
@@ -345,11 +327,8 @@ async fn a_step_over_its_budget_ends_the_run_with_exit_3() {
         runtime(),
         &plugin_path("probe"),
         RunOptions {
-            policy: Policy::deny_all(),
-            out_dir: dir.path().join("runs"),
-            state_dir: dir.path().join("state"),
             phase: orchestrator::parse_phase("contain"),
-            plan: false,
+            ..run_opts(dir.path(), Policy::deny_all())
         },
     )
     .await
@@ -404,13 +383,7 @@ fn run_finds_the_policy_beside_the_plugin() {
 async fn a_python_plugin_runs_and_keeps_its_state_like_a_rust_one() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = plugin_path("hello-py");
-    let opts = || RunOptions {
-        policy: Policy::deny_all(),
-        out_dir: dir.path().join("runs"),
-        state_dir: dir.path().join("state"),
-        phase: None,
-        plan: false,
-    };
+    let opts = || run_opts(dir.path(), Policy::deny_all());
     let first = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
     assert_eq!(
         first.outcome,
@@ -440,11 +413,8 @@ async fn plan_mode_records_mutating_calls_without_executing_them() {
         runtime(),
         &plugin_path("storage-failover"),
         RunOptions {
-            policy: Policy::load(&policy_path).unwrap(),
-            out_dir: dir.path().join("runs"),
-            state_dir: dir.path().join("state"),
-            phase: None,
             plan: true,
+            ..run_opts(dir.path(), Policy::load(&policy_path).unwrap())
         },
     )
     .await

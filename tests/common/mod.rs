@@ -99,6 +99,17 @@ pub async fn caps(policy: &str, dir: &Path) -> Arc<Caps> {
     )
 }
 
+/// Options for a whole run with its records and state under `dir`.
+pub fn run_opts(dir: &Path, policy: Policy) -> drhost::orchestrator::RunOptions {
+    drhost::orchestrator::RunOptions {
+        policy,
+        out_dir: dir.join("runs"),
+        state_dir: dir.join("state"),
+        phase: None,
+        plan: false,
+    }
+}
+
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
