@@ -190,9 +190,11 @@ impl DbCap {
 
     pub async fn execute(&self, name: &str, sql: &str, params: &[Value]) -> Result<u64, CapError> {
         let pool = self.pool(name).await?;
-        let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
         match pool {
-            Pool::MySql(p) => q_exec!(q, p, name),
+            Pool::MySql(p) => {
+                let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                q_exec!(q, p, name)
+            }
             Pool::Pg(p) => {
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 q_exec!(q, p, name)
