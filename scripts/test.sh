@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs the wasm target, builds
-# the plugins, starts the S3 test server (moto), makes sure MariaDB and
+# the plugins and the restore tools (age, zstd), starts the S3 test server
+# (moto), makes sure MariaDB and
 # PostgreSQL are up, then runs every test against them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,6 +13,15 @@ say() { printf '\n== %s\n' "$*"; }
 
 say "wasm32-wasip2 target"
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+say "command-line tools for restores by hand (age, zstd, sqlite3)"
+missing=()
+for tool in age zstd sqlite3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${missing[@]}"
+fi
 
 say "plugins"
 cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml

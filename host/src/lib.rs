@@ -3,6 +3,7 @@
 //! policy, moves the bytes, and records everything in a hash-chained audit log.
 
 pub mod audit;
+pub mod backup;
 pub mod bindings;
 pub mod caps;
 pub mod clock;

@@ -9,6 +9,8 @@ use drhost::runtime::Runtime;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod cli_backup;
+
 #[derive(Parser)]
 #[command(
     name = "drhost",
@@ -62,6 +64,17 @@ enum Command {
     State {
         #[command(subcommand)]
         command: StateCommand,
+    },
+    /// Back up, verify, restore and prune databases (configured in drhost.toml).
+    Backup {
+        /// The configuration file; default: $DRHOST_CONFIG, else ./drhost.toml.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Print reports as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: cli_backup::BackupCommand,
     },
     /// Prepare the quickstart's two local buckets and damage the primary.
     Quickstart {
@@ -300,6 +313,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             Ok(0)
+        }
+        Command::Backup {
+            config,
+            json,
+            command,
+        } => {
+            let config = config.unwrap_or_else(cli_backup::default_config);
+            cli_backup::run(command, &config, state_dir, json).await
         }
         Command::Quickstart { dir } => {
             let d = drhost::quickstart::setup(&dir)

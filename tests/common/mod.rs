@@ -193,3 +193,63 @@ pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
 pub fn flush(caps: &Arc<Caps>) {
     caps.gate.flush();
 }
+
+/// A TCP proxy to `upstream` (host:port) that dies for good once `limit`
+/// bytes have passed through it in either direction: a server vanishing
+/// mid-transfer. Returns the proxy's host:port.
+pub async fn vanishing_proxy(upstream: String, limit: u64) -> String {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let dead = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = cut.notified() => return,
+            };
+            let Ok((client, _)) = accepted else { return };
+            if dead.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut from, mut to) in [
+                (
+                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                ),
+                (Box::new(sr), Box::new(cw)),
+            ] {
+                let (seen, dead, cut) = (seen.clone(), dead.clone(), cut.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        if dead.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if seen.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > limit {
+                            dead.store(true, Ordering::SeqCst);
+                            cut.notify_one();
+                            return;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    addr.to_string()
+}

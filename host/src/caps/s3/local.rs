@@ -229,7 +229,7 @@ impl Backend for LocalBucket {
     fn put_stream<'a>(
         &'a self,
         key: &'a str,
-        size: u64,
+        size: Option<u64>,
         mut reader: Reader,
     ) -> BoxFut<'a, Result<ObjectMeta, BackendError>> {
         Box::pin(async move {
@@ -249,8 +249,10 @@ impl Backend for LocalBucket {
             let mut out = tokio::fs::File::from_std(file);
             let copied = async {
                 // Big reads and writes: each one is a trip to tokio's blocking pool.
-                let mut src =
-                    tokio::io::BufReader::with_capacity(1 << 20, (&mut reader).take(size + 1));
+                let mut src = tokio::io::BufReader::with_capacity(
+                    1 << 20,
+                    (&mut reader).take(size.map_or(u64::MAX, |s| s + 1)),
+                );
                 let n = tokio::io::copy_buf(&mut src, &mut out).await?;
                 tokio::io::AsyncWriteExt::flush(&mut out).await?;
                 out.sync_all().await?;
@@ -265,9 +267,10 @@ impl Backend for LocalBucket {
                 };
                 match copied {
                     Err(e) => return fail(BackendError::Unavailable(format!("writing {k:?}: {e}"))),
-                    Ok(n) if n != size => {
+                    Ok(n) if size.is_some_and(|s| s != n) => {
                         return fail(BackendError::Unavailable(format!(
-                            "source of {k:?} gave {n} bytes where {size} were expected; nothing was written"
+                            "source of {k:?} gave {n} bytes where {} were expected; nothing was written",
+                            size.unwrap_or_default()
                         )));
                     }
                     Ok(_) => {}
@@ -355,7 +358,7 @@ impl Backend for LocalBucket {
     ) -> BoxFut<'a, Result<ObjectMeta, BackendError>> {
         Box::pin(async move {
             let (meta, reader) = self.open(src_key, None).await?;
-            dst.put_stream(dst_key, meta.size, reader).await
+            dst.put_stream(dst_key, Some(meta.size), reader).await
         })
     }
 }

@@ -97,12 +97,13 @@ pub trait Backend: Send + Sync {
         key: &'a str,
         body: Vec<u8>,
     ) -> BoxFut<'a, Result<ObjectMeta, BackendError>>;
-    /// Writes `size` bytes from `reader` with bounded memory; nothing is
-    /// visible under `key` unless every byte arrived.
+    /// Writes `reader` to its end (exactly `size` bytes when given) with
+    /// bounded memory; nothing is visible under `key` unless every byte
+    /// arrived and the reader ended without an error.
     fn put_stream<'a>(
         &'a self,
         key: &'a str,
-        size: u64,
+        size: Option<u64>,
         reader: Reader,
     ) -> BoxFut<'a, Result<ObjectMeta, BackendError>>;
     fn list<'a>(
@@ -316,7 +317,10 @@ pub async fn copy(
             .await?);
     }
     let (meta, reader) = src.backend.open(src_key, None).await?;
-    Ok(dst.backend.put_stream(dst_key, meta.size, reader).await?)
+    Ok(dst
+        .backend
+        .put_stream(dst_key, Some(meta.size), reader)
+        .await?)
 }
 
 impl ObjectMeta {

@@ -120,7 +120,8 @@ impl S3Bucket {
     async fn multipart_upload(
         &self,
         key: &str,
-        size: u64,
+        size: Option<u64>,
+        first: Vec<u8>,
         reader: &mut Reader,
     ) -> Result<(), BackendError> {
         let created = self
@@ -139,16 +140,23 @@ impl S3Bucket {
             let mut parts = Vec::new();
             let mut sent = 0u64;
             let mut number = 1;
+            // The first read took one byte more than a part: it starts the next.
+            let mut carry = first;
+            let mut spill = carry.split_off(PART_SIZE.min(carry.len()));
             loop {
                 // One part in memory at a time: memory stays at PART_SIZE.
-                let mut buf = Vec::with_capacity(PART_SIZE);
-                (&mut *reader)
-                    .take(PART_SIZE as u64)
-                    .read_to_end(&mut buf)
-                    .await
-                    .map_err(|e| {
-                        BackendError::Unavailable(format!("reading source of {key}: {e}"))
-                    })?;
+                let mut buf = std::mem::take(&mut carry);
+                if buf.is_empty() {
+                    buf = Vec::with_capacity(PART_SIZE);
+                    buf.append(&mut spill);
+                    (&mut *reader)
+                        .take((PART_SIZE - buf.len()) as u64)
+                        .read_to_end(&mut buf)
+                        .await
+                        .map_err(|e| {
+                            BackendError::Unavailable(format!("reading source of {key}: {e}"))
+                        })?;
+                }
                 if buf.is_empty() {
                     break;
                 }
@@ -172,7 +180,9 @@ impl S3Bucket {
                 );
                 number += 1;
             }
-            if sent != size {
+            if let Some(size) = size
+                && sent != size
+            {
                 return Err(BackendError::Unavailable(format!(
                     "source of {key} gave {sent} bytes where {size} were expected; upload aborted"
                 )));
@@ -400,28 +410,31 @@ impl Backend for S3Bucket {
     fn put_stream<'a>(
         &'a self,
         key: &'a str,
-        size: u64,
+        size: Option<u64>,
         mut reader: Reader,
     ) -> BoxFut<'a, Result<ObjectMeta, BackendError>> {
         Box::pin(async move {
-            if size <= PART_SIZE as u64 {
-                let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-                (&mut reader)
-                    .take(size + 1)
-                    .read_to_end(&mut buf)
-                    .await
-                    .map_err(|e| {
-                        BackendError::Unavailable(format!("reading source of {key}: {e}"))
-                    })?;
-                if buf.len() as u64 != size {
+            // Up to one part decides between a single PUT and a multipart upload.
+            let mut first = Vec::with_capacity(
+                PART_SIZE.min(size.map_or(PART_SIZE, |s| usize::try_from(s).unwrap_or(PART_SIZE))),
+            );
+            (&mut reader)
+                .take(PART_SIZE as u64 + 1)
+                .read_to_end(&mut first)
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("reading source of {key}: {e}")))?;
+            if first.len() <= PART_SIZE {
+                if let Some(s) = size
+                    && first.len() as u64 != s
+                {
                     return Err(BackendError::Unavailable(format!(
-                        "source of {key} gave {} bytes where {size} were expected; nothing was written",
-                        buf.len()
+                        "source of {key} gave {} bytes where {s} were expected; nothing was written",
+                        first.len()
                     )));
                 }
-                return self.put(key, buf).await;
+                return self.put(key, first).await;
             }
-            self.multipart_upload(key, size, &mut reader).await?;
+            self.multipart_upload(key, size, first, &mut reader).await?;
             self.head_meta(key).await
         })
     }
@@ -554,7 +567,7 @@ impl Backend for S3Bucket {
         Box::pin(async move {
             let Some(dst_bucket) = dst.s3_bucket() else {
                 let (meta, reader) = self.open(src_key, None).await?;
-                return dst.put_stream(dst_key, meta.size, reader).await;
+                return dst.put_stream(dst_key, Some(meta.size), reader).await;
             };
             let src = self.head_meta(src_key).await?;
             if src.size > MAX_SINGLE_COPY {

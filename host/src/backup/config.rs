@@ -1,0 +1,329 @@
+//! `drhost.toml`: the installation's backup sources, targets, keys and retention.
+//!
+//! Credentials (database URLs, S3 keys, the age identity) live here and stay in
+//! the host; plugins name a source or target, never see its secret.
+
+use crate::policy::{S3Access, S3Grant, Secret};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// `"age"` (the default) or `"none"`; "none" must be written out to get plaintext backups.
+    #[serde(default)]
+    pub encryption: Encryption,
+    #[serde(default)]
+    pub keys: Keys,
+    #[serde(default)]
+    pub sources: BTreeMap<String, Source>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, Target>,
+    #[serde(default)]
+    pub retention: Retention,
+    /// zstd level (1–19); 3 is zstd's own default and keeps up with the dump tools.
+    #[serde(default = "default_level")]
+    pub zstd_level: i32,
+    /// Where relative paths resolve; the file's directory.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+fn default_level() -> i32 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    #[default]
+    Age,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Keys {
+    /// age recipients (public keys, `age1…`); every backup is readable by each.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// The identity (secret key) for verify and restore: a file path, or
+    /// `env:NAME` holding the key itself. Only needed where backups are read.
+    pub identity: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Sqlite,
+    Mariadb,
+    Postgres,
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Mariadb => "mariadb",
+            SourceKind::Postgres => "postgres",
+        })
+    }
+}
+
+/// `[sources.<name>]`: a database to back up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Source {
+    pub kind: SourceKind,
+    /// SQLite: the database file.
+    pub path: Option<PathBuf>,
+    /// MariaDB/PostgreSQL: connection URL (`env:NAME` recommended).
+    pub url: Option<Secret>,
+}
+
+/// `[targets.<name>]`: where copies go. The same fields as an `[s3.<alias>]`
+/// policy table, without access modes (drhost itself writes here).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Target {
+    pub path: Option<PathBuf>,
+    pub bucket: Option<String>,
+    #[serde(default)]
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+}
+
+impl Target {
+    /// The grant the s3 backends are built from (full access: drhost writes here).
+    pub fn as_grant(&self, base: &Path) -> S3Grant {
+        S3Grant {
+            path: self.path.as_ref().map(|p| base.join(p)),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            access: vec![
+                S3Access::Read,
+                S3Access::List,
+                S3Access::Write,
+                S3Access::Delete,
+            ],
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+        }
+    }
+}
+
+/// `[retention]`: what `drhost backup prune` keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Retention {
+    /// Backups younger than this many days are kept (the plan: 30).
+    pub keep_days: u32,
+    /// The newest N backups of each source are kept whatever their age.
+    pub keep_last: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_days: 30,
+            keep_last: 3,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, &base).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        config.base = base.to_path_buf();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self.encryption {
+            Encryption::Age if self.keys.recipients.is_empty() => {
+                return Err("backups are encrypted with age by default, and [keys] recipients is empty: \
+                     add a recipient (age1…, see `drhost backup keygen`), or write encryption = \"none\" \
+                     to store plaintext backups on purpose"
+                    .into());
+            }
+            Encryption::None if !self.keys.recipients.is_empty() => {
+                return Err("encryption = \"none\" but [keys] lists recipients: choose one".into());
+            }
+            _ => {}
+        }
+        for r in &self.keys.recipients {
+            r.parse::<age::x25519::Recipient>().map_err(|e| {
+                format!("[keys] recipient {r:?} is not an age X25519 recipient: {e}")
+            })?;
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(format!("zstd-level {} is outside 1..=19", self.zstd_level));
+        }
+        for (name, s) in &self.sources {
+            check_name("sources", name)?;
+            match (s.kind, &s.path, &s.url) {
+                (SourceKind::Sqlite, Some(_), None) => {}
+                (SourceKind::Sqlite, _, _) => {
+                    return Err(format!(
+                        "[sources.{name}] kind = \"sqlite\" needs path = \"file.db\" (and no url)"
+                    ));
+                }
+                (_, None, Some(_)) => {}
+                (k, _, _) => {
+                    return Err(format!(
+                        "[sources.{name}] kind = \"{k}\" needs url = \"env:NAME\" (and no path)"
+                    ));
+                }
+            }
+        }
+        if self.targets.is_empty() && !self.sources.is_empty() {
+            return Err("no [targets.<name>] table: backups need somewhere to go".into());
+        }
+        for (name, t) in &self.targets {
+            check_name("targets", name)?;
+            match (&t.path, &t.bucket) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(format!(
+                        "[targets.{name}] needs exactly one of path = \"dir\" (local) or bucket = \"name\" (S3)"
+                    ));
+                }
+                _ => {}
+            }
+            if !t.prefix.is_empty() && !t.prefix.ends_with('/') {
+                return Err(format!(
+                    "[targets.{name}] prefix {:?} must end with '/'",
+                    t.prefix
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn source(&self, name: &str) -> Result<&Source, String> {
+        self.sources.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.sources.keys().map(String::as_str).collect();
+            format!(
+                "no source {name:?} in the configuration (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+
+    pub fn target(&self, name: &str) -> Result<&Target, String> {
+        self.targets.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+            format!(
+                "no target {name:?} in the configuration (known: {})",
+                known.join(", ")
+            )
+        })
+    }
+
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.base.join(p)
+    }
+}
+
+fn check_name(table: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "[{table}.{name}]: names may hold only letters, digits, '-' and '_'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    #[test]
+    fn a_missing_recipient_is_refused_rather_than_writing_plaintext() {
+        let e = Config::parse("[targets.t]\npath = \"x\"\n", Path::new(".")).unwrap_err();
+        assert!(e.contains("encryption = \"none\""), "{e}");
+        let c = Config::parse(
+            "encryption = \"none\"\n[targets.t]\npath = \"x\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.encryption, Encryption::None);
+    }
+
+    #[test]
+    fn sources_and_targets_are_checked() {
+        let text = format!(
+            "[keys]\nrecipients = [\"{KEY}\"]\n[sources.app]\nkind = \"sqlite\"\npath = \"app.db\"\n\
+             [sources.shop]\nkind = \"mariadb\"\nurl = \"env:SHOP\"\n[targets.local]\npath = \"b\"\n"
+        );
+        let c = Config::parse(&text, Path::new("/srv")).unwrap();
+        assert_eq!(c.sources["shop"].kind, SourceKind::Mariadb);
+        assert_eq!(c.retention.keep_days, 30);
+        let bad = text.replace("path = \"app.db\"", "url = \"x\"");
+        assert!(
+            Config::parse(&bad, Path::new("."))
+                .unwrap_err()
+                .contains("needs path")
+        );
+        let bad = text.replace("age1", "age2");
+        assert!(
+            Config::parse(&bad, Path::new("."))
+                .unwrap_err()
+                .contains("not an age")
+        );
+        let bad = format!("{text}colour = 1\n");
+        assert!(
+            Config::parse(&bad, Path::new("."))
+                .unwrap_err()
+                .contains("unknown field")
+        );
+    }
+}

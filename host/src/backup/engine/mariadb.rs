@@ -1,0 +1,270 @@
+//! MariaDB/MySQL: `mariadb-dump --single-transaction` (a consistent logical
+//! dump), loaded with the `mariadb` client.
+
+use super::{
+    Dump, DumpFacts, EngineError, Inspection, Load, Place, Purpose, Server, drain_stderr, io_err,
+    scan, scratch_name, tool_version, wait_tool,
+};
+use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, Connection, Row};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+pub struct Mariadb {
+    pub server: Server,
+}
+
+fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+fn db_err(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> EngineError {
+    let what = what.into();
+    move |e| EngineError::Db(format!("{what}: {e}"))
+}
+
+impl Mariadb {
+    pub fn new(server: Server) -> Self {
+        Mariadb { server }
+    }
+
+    async fn connect(&self) -> Result<MySqlConnection, EngineError> {
+        MySqlConnection::connect(self.server.url.as_str())
+            .await
+            .map_err(db_err(format!(
+                "connecting to MariaDB at {} as {}",
+                self.server.host, self.server.user
+            )))
+    }
+
+    /// A client tool with the connection's host, port and user; the password
+    /// goes through MYSQL_PWD, never the command line.
+    fn tool(&self, name: &str) -> Command {
+        let mut cmd = Command::new(name);
+        cmd.arg(format!("--host={}", self.server.host))
+            .arg(format!("--user={}", self.server.user))
+            .arg("--default-character-set=utf8mb4");
+        if let Some(p) = self.server.port {
+            cmd.arg("--protocol=TCP").arg(format!("--port={p}"));
+        }
+        match &self.server.password {
+            Some(p) => cmd.env("MYSQL_PWD", p),
+            None => cmd.env_remove("MYSQL_PWD"),
+        };
+        cmd
+    }
+
+    pub async fn dump(&self) -> Result<Dump, EngineError> {
+        let mut conn = self.connect().await?;
+        let row = sqlx::query("SELECT @@log_bin, VERSION()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db_err("reading server settings"))?;
+        let log_bin: i64 = row.try_get(0).unwrap_or(0);
+        let version: String = row.try_get(1).unwrap_or_default();
+        let _ = conn.close().await;
+        let mut cmd = self.tool("mariadb-dump");
+        cmd.args([
+            "--single-transaction",
+            "--quick",
+            "--routines",
+            "--triggers",
+            "--hex-blob",
+        ]);
+        if log_bin == 1 {
+            // Records the binlog position the dump corresponds to (in a comment),
+            // and starts a new binlog so incrementals begin at a file boundary.
+            cmd.args(["--master-data=2", "--flush-logs"]);
+        }
+        cmd.arg(&self.server.database)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(io_err("starting mariadb-dump"))?;
+        let stdout = child.stdout.take().ok_or_else(|| EngineError::Tool {
+            tool: "mariadb-dump".into(),
+            message: "no stdout".into(),
+        })?;
+        let errors = drain_stderr(child.stderr.take());
+        let (reader, scanner) = scan::ScanReader::new(stdout);
+        Ok(Dump {
+            reader: Box::new(reader),
+            finish: Box::new(move || {
+                wait_tool("mariadb-dump", child, errors)?;
+                let facts = scan::facts(&scanner);
+                Ok(DumpFacts {
+                    tables: facts.tables,
+                    position: facts.position,
+                    tools: BTreeMap::from([
+                        ("mariadb-dump".to_string(), tool_version("mariadb-dump")),
+                        ("server".to_string(), version),
+                    ]),
+                })
+            }),
+        })
+    }
+
+    pub async fn load(&self, purpose: Purpose) -> Result<Load, EngineError> {
+        let name = scratch_name(&self.server.database, &purpose.tag(), 64);
+        let mut conn = self.connect().await?;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {}", quote(&name)),
+            format!("CREATE DATABASE {}", quote(&name)),
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .map_err(db_err(format!("preparing database {name}")))?;
+        }
+        let _ = conn.close().await;
+        let mut cmd = self.tool("mariadb");
+        cmd.arg(format!("--database={name}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(io_err("starting mariadb"))?;
+        let stdin = child.stdin.take().ok_or_else(|| EngineError::Tool {
+            tool: "mariadb".into(),
+            message: "no stdin".into(),
+        })?;
+        let errors = drain_stderr(child.stderr.take());
+        Ok(Load {
+            place: Place::Database(name),
+            sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
+            finish: Box::new(move || wait_tool("mariadb", child, errors).map(|_| ())),
+        })
+    }
+
+    async fn tables(conn: &mut MySqlConnection, db: &str) -> Result<Vec<String>, EngineError> {
+        sqlx::query_scalar(
+            "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+             WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY table_name",
+        )
+        .bind(db)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(format!("listing tables of {db}")))
+    }
+
+    pub async fn inspect(&self, place: &Place) -> Result<Inspection, EngineError> {
+        let Place::Database(db) = place else {
+            return Err(EngineError::Config("a MariaDB copy is a database".into()));
+        };
+        let mut conn = self.connect().await?;
+        let names = Self::tables(&mut conn, db).await?;
+        let mut tables = BTreeMap::new();
+        for t in &names {
+            let sql = format!("SELECT COUNT(*) FROM {}.{}", quote(db), quote(t));
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .map_err(db_err(format!("counting rows of {t}")))?;
+            tables.insert(t.clone(), u64::try_from(n).unwrap_or(0));
+        }
+        let integrity = if names.is_empty() {
+            Ok("CHECK TABLE: no tables".to_string())
+        } else {
+            let list: Vec<String> = names
+                .iter()
+                .map(|t| format!("{}.{}", quote(db), quote(t)))
+                .collect();
+            let rows = sqlx::raw_sql(AssertSqlSafe(format!("CHECK TABLE {}", list.join(", "))))
+                .fetch_all(&mut conn)
+                .await
+                .map_err(db_err("CHECK TABLE"))?;
+            let problems: Vec<String> = rows
+                .iter()
+                .filter_map(|r| {
+                    let table: String = r.try_get(0).ok()?;
+                    let kind: String = r.try_get(2).ok()?;
+                    let text: String = r.try_get(3).ok()?;
+                    let bad = kind.eq_ignore_ascii_case("error")
+                        || (kind.eq_ignore_ascii_case("status")
+                            && !text.eq_ignore_ascii_case("OK"));
+                    bad.then(|| format!("{table}: {text}"))
+                })
+                .collect();
+            if problems.is_empty() {
+                Ok(format!("CHECK TABLE: {} tables OK", names.len()))
+            } else {
+                Err(format!("CHECK TABLE: {}", problems.join("; ")))
+            }
+        };
+        let _ = conn.close().await;
+        Ok(Inspection { tables, integrity })
+    }
+
+    pub async fn discard(&self, place: &Place) -> Result<(), EngineError> {
+        if let Place::Database(db) = place {
+            let mut conn = self.connect().await?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {}",
+                quote(db)
+            )))
+            .execute(&mut conn)
+            .await
+            .map_err(db_err(format!("dropping {db}")))?;
+            let _ = conn.close().await;
+        }
+        Ok(())
+    }
+
+    /// Moves the target's tables aside and the staged ones in, in one
+    /// `RENAME TABLE` (atomic in MariaDB), then drops the old ones.
+    pub async fn swap_in(&self, staged: &Place) -> Result<(), EngineError> {
+        let Place::Database(staged) = staged else {
+            return Err(EngineError::Config("a MariaDB copy is a database".into()));
+        };
+        let target = &self.server.database;
+        let old = scratch_name(target, "old", 64);
+        let mut conn = self.connect().await?;
+        let current = Self::tables(&mut conn, target).await?;
+        let incoming = Self::tables(&mut conn, staged).await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}",
+            quote(&old)
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(db_err(format!("preparing {old}")))?;
+        let mut moves: Vec<String> = current
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}.{} TO {}.{}",
+                    quote(target),
+                    quote(t),
+                    quote(&old),
+                    quote(t)
+                )
+            })
+            .collect();
+        moves.extend(incoming.iter().map(|t| {
+            format!(
+                "{}.{} TO {}.{}",
+                quote(staged),
+                quote(t),
+                quote(target),
+                quote(t)
+            )
+        }));
+        if !moves.is_empty() {
+            sqlx::raw_sql(AssertSqlSafe(format!("RENAME TABLE {}", moves.join(", "))))
+                .execute(&mut conn)
+                .await
+                .map_err(db_err(format!(
+                    "swapping the restored tables into {target}"
+                )))?;
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE {}; DROP DATABASE {}",
+            quote(&old),
+            quote(staged)
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(db_err("dropping the replaced tables"))?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! SQLite, the embedded default: an online snapshot with `VACUUM INTO`
+//! (consistent, and it works while the application writes), stored as a
+//! plain database file.
+
+use super::{Dump, DumpFacts, EngineError, Inspection, Load, Place, Purpose, io_err};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection, Row};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub struct Sqlite {
+    pub path: PathBuf,
+    /// Scratch space for snapshots and verification copies.
+    work: PathBuf,
+}
+
+fn db_err(what: &str, path: &Path) -> impl FnOnce(sqlx::Error) -> EngineError {
+    let ctx = format!("{what} {}", path.display());
+    move |e| EngineError::Db(format!("{ctx}: {e}"))
+}
+
+async fn open(path: &Path, read_only: bool) -> Result<SqliteConnection, EngineError> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(read_only)
+        .create_if_missing(false);
+    SqliteConnection::connect_with(&opts)
+        .await
+        .map_err(db_err("opening", path))
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn counts(
+    conn: &mut SqliteConnection,
+    path: &Path,
+) -> Result<BTreeMap<String, u64>, EngineError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err("listing tables of", path))?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        let sql = format!("SELECT count(*) FROM {}", quote(&name));
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err(&format!("counting rows of {name} in"), path))?;
+        out.insert(name, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(out)
+}
+
+impl Sqlite {
+    pub fn new(path: PathBuf, work: PathBuf) -> Self {
+        Sqlite { path, work }
+    }
+
+    pub async fn dump(&self) -> Result<Dump, EngineError> {
+        std::fs::create_dir_all(&self.work)
+            .map_err(io_err(format!("creating {}", self.work.display())))?;
+        let snap = self
+            .work
+            .join(format!("snapshot-{}.sqlite", super::Purpose::Verify.tag()));
+        let mut conn = open(&self.path, true).await?;
+        let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db_err("reading the version of", &self.path))?;
+        let target = snap.to_string_lossy().replace('\'', "''");
+        sqlx::raw_sql(AssertSqlSafe(format!("VACUUM INTO '{target}'")))
+            .execute(&mut conn)
+            .await
+            .map_err(db_err("snapshotting", &self.path))?;
+        let _ = conn.close().await;
+        let facts = async {
+            let mut c = open(&snap, true).await?;
+            let tables = counts(&mut c, &snap).await?;
+            let _ = c.close().await;
+            Ok::<_, EngineError>(tables)
+        }
+        .await;
+        let tables = match facts {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_file(&snap);
+                return Err(e);
+            }
+        };
+        let file =
+            std::fs::File::open(&snap).map_err(io_err(format!("opening {}", snap.display())))?;
+        let finish_snap = snap.clone();
+        Ok(Dump {
+            reader: Box::new(file),
+            finish: Box::new(move || {
+                let _ = std::fs::remove_file(&finish_snap);
+                Ok(DumpFacts {
+                    tables,
+                    position: None,
+                    tools: BTreeMap::from([("sqlite".to_string(), version)]),
+                })
+            }),
+        })
+    }
+
+    fn place_for(&self, purpose: Purpose) -> PathBuf {
+        match purpose {
+            Purpose::Verify => self.work.join(format!("{}.sqlite", purpose.tag())),
+            // Beside the target, so the final rename is atomic.
+            Purpose::Restore => {
+                let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+                name.push(".drhost-staging");
+                self.path.with_file_name(name)
+            }
+        }
+    }
+
+    pub async fn load(&self, purpose: Purpose) -> Result<Load, EngineError> {
+        let path = self.place_for(purpose);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        let file =
+            std::fs::File::create(&path).map_err(io_err(format!("creating {}", path.display())))?;
+        let sync = file
+            .try_clone()
+            .map_err(io_err("duplicating a file handle"))?;
+        let shown = path.display().to_string();
+        Ok(Load {
+            place: Place::File(path),
+            sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, file)),
+            finish: Box::new(move || sync.sync_all().map_err(io_err(format!("syncing {shown}")))),
+        })
+    }
+
+    pub async fn inspect(&self, place: &Place) -> Result<Inspection, EngineError> {
+        let Place::File(path) = place else {
+            return Err(EngineError::Config("a SQLite copy is a file".into()));
+        };
+        let mut c = open(path, true).await?;
+        let rows = sqlx::query("PRAGMA integrity_check")
+            .fetch_all(&mut c)
+            .await
+            .map_err(db_err("checking", path));
+        let integrity = match rows {
+            Ok(rows) => {
+                let lines: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| r.try_get::<String, _>(0).ok())
+                    .collect();
+                if lines == ["ok"] {
+                    Ok("PRAGMA integrity_check: ok".to_string())
+                } else {
+                    Err(format!("PRAGMA integrity_check: {}", lines.join("; ")))
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let tables = match counts(&mut c, path).await {
+            Ok(t) => t,
+            Err(e) if integrity.is_err() => {
+                tracing::debug!("counting a damaged copy: {e}");
+                BTreeMap::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let _ = c.close().await;
+        Ok(Inspection { tables, integrity })
+    }
+
+    pub async fn discard(&self, place: &Place) -> Result<(), EngineError> {
+        if let Place::File(p) = place {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(format!("removing {}", p.display()))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn swap_in(&self, staged: &Place) -> Result<(), EngineError> {
+        let Place::File(staged) = staged else {
+            return Err(EngineError::Config("a SQLite copy is a file".into()));
+        };
+        if self.path.exists() {
+            // Fold the target's WAL into its main file first: once the new file
+            // is in place, an old WAL beside it must hold nothing.
+            let mut c = open(&self.path, false).await?;
+            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut c)
+                .await
+                .map_err(db_err("checkpointing", &self.path))?;
+            let _ = c.close().await;
+        }
+        std::fs::rename(staged, &self.path).map_err(io_err(format!(
+            "moving {} over {}",
+            staged.display(),
+            self.path.display()
+        )))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = self.path.as_os_str().to_os_string();
+            side.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(side));
+        }
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}

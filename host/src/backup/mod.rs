@@ -1,0 +1,281 @@
+//! The backup engine: dump → zstd → age → every target at once, a manifest
+//! written last, the plan's 10-point verification checklist, staged restores
+//! and retention. One module per command, as in restic's rustic_core.
+
+pub mod config;
+pub mod engine;
+pub mod manifest;
+pub mod pipeline;
+pub mod progress;
+
+mod create;
+mod prune;
+mod restore;
+mod verify;
+
+pub use create::{CreateReport, TargetResult};
+pub use prune::{PruneReport, Pruned};
+pub use restore::RestoreReport;
+pub use verify::{CHECKS, Check, Status, VerifyReport, identical};
+
+use crate::caps::s3::{Backend, BackendError, local, remote};
+use config::Config;
+use engine::{Engine, EngineError};
+use manifest::Manifest;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("target {target}: {source}")]
+    Target {
+        target: String,
+        source: BackendError,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A target's store and prefix.
+pub struct Store {
+    pub name: String,
+    pub backend: Arc<dyn Backend>,
+    pub prefix: String,
+}
+
+impl Store {
+    pub fn key(&self, relative: &str) -> String {
+        format!("{}{relative}", self.prefix)
+    }
+
+    fn err(&self) -> impl FnOnce(BackendError) -> BackupError + '_ {
+        move |source| BackupError::Target {
+            target: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Every manifest of `source` on this target, oldest first. A manifest
+    /// that cannot be read is reported, not skipped silently.
+    pub async fn manifests(&self, source: &str) -> Result<Vec<Manifest>, BackupError> {
+        let prefix = self.key(&format!("{source}/"));
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .backend
+                .list(&prefix, token.as_deref(), 1000)
+                .await
+                .map_err(self.err())?;
+            for obj in page.objects {
+                if obj.key.ends_with(".manifest.json") {
+                    out.push(self.read_manifest(&obj.key).await?);
+                }
+            }
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn read_manifest(&self, key: &str) -> Result<Manifest, BackupError> {
+        let (_, mut reader) = self.backend.open(key, None).await.map_err(self.err())?;
+        let mut bytes = Vec::new();
+        (&mut reader)
+            .take(4 << 20)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| {
+                BackupError::Failed(format!("target {}: reading {key}: {e}", self.name))
+            })?;
+        Manifest::parse(&bytes)
+            .map_err(|e| BackupError::Failed(format!("target {}: {key}: {e}", self.name)))
+    }
+
+    /// The manifest of `id` (or the newest when `id` is "latest").
+    pub async fn find(&self, source: &str, id: &str) -> Result<Manifest, BackupError> {
+        let all = self.manifests(source).await?;
+        let found = if id == "latest" {
+            all.into_iter().next_back()
+        } else {
+            all.into_iter().find(|m| m.id == id)
+        };
+        found.ok_or_else(|| {
+            BackupError::NotFound(format!(
+                "no backup {id} of source {source} on target {}",
+                self.name
+            ))
+        })
+    }
+}
+
+/// An installation's backups: its configuration and its open targets.
+pub struct Backups {
+    pub config: Config,
+    pub stores: Vec<Store>,
+    /// Scratch space (snapshots, verification copies) and verification records.
+    pub state_dir: PathBuf,
+    /// Show progress bars (on a terminal).
+    pub progress: bool,
+}
+
+impl Backups {
+    pub async fn open(config: Config, state_dir: PathBuf) -> Result<Self, BackupError> {
+        let mut stores = Vec::new();
+        for (name, target) in &config.targets {
+            let grant = target.as_grant(&config.base);
+            let backend: Arc<dyn Backend> = match (&grant.path, &grant.bucket) {
+                (Some(path), _) => {
+                    std::fs::create_dir_all(path).map_err(|e| {
+                        BackupError::Config(format!("[targets.{name}] {}: {e}", path.display()))
+                    })?;
+                    Arc::new(
+                        local::LocalBucket::open(path)
+                            .map_err(|e| BackupError::Config(format!("[targets.{name}]: {e}")))?,
+                    )
+                }
+                (None, Some(bucket)) => Arc::new(
+                    remote::S3Bucket::connect(bucket, &grant)
+                        .await
+                        .map_err(|e| BackupError::Config(format!("[targets.{name}]: {e}")))?,
+                ),
+                (None, None) => {
+                    return Err(BackupError::Config(format!(
+                        "[targets.{name}] has no backend"
+                    )));
+                }
+            };
+            stores.push(Store {
+                name: name.clone(),
+                backend,
+                prefix: target.prefix.clone(),
+            });
+        }
+        Ok(Backups {
+            config,
+            stores,
+            state_dir,
+            progress: false,
+        })
+    }
+
+    pub fn store(&self, name: &str) -> Result<&Store, BackupError> {
+        self.stores.iter().find(|s| s.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.stores.iter().map(|s| s.name.as_str()).collect();
+            BackupError::Config(format!(
+                "no target {name:?} in the configuration (known: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// The stores named, or all of them.
+    fn stores_named(&self, names: &[String]) -> Result<Vec<&Store>, BackupError> {
+        if names.is_empty() {
+            return Ok(self.stores.iter().collect());
+        }
+        names.iter().map(|n| self.store(n)).collect()
+    }
+
+    pub fn engine(&self, source: &str) -> Result<Engine, BackupError> {
+        let s = self.config.source(source).map_err(BackupError::Config)?;
+        Ok(Engine::new(&self.config, source, s, self.work_dir())?)
+    }
+
+    fn work_dir(&self) -> PathBuf {
+        self.state_dir.join("backup-work")
+    }
+
+    fn identity(&self) -> Result<Option<age::x25519::Identity>, BackupError> {
+        let Some(secret) = &self.config.keys.identity else {
+            return Ok(None);
+        };
+        let text = match secret.describe().strip_prefix("env:") {
+            Some(_) => secret.resolve().map_err(BackupError::Config)?,
+            None => {
+                let path = self.config.resolve(std::path::Path::new(
+                    &secret.resolve().map_err(BackupError::Config)?,
+                ));
+                std::fs::read_to_string(&path).map_err(|e| {
+                    BackupError::Config(format!("[keys] identity {}: {e}", path.display()))
+                })?
+            }
+        };
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .ok_or_else(|| {
+                BackupError::Config("[keys] identity holds no AGE-SECRET-KEY-… line".into())
+            })?;
+        line.parse::<age::x25519::Identity>()
+            .map(Some)
+            .map_err(|e| BackupError::Config(format!("[keys] identity: {e}")))
+    }
+
+    /// The identity, required to read an encrypted backup.
+    fn identity_for(&self, m: &Manifest) -> Result<Option<age::x25519::Identity>, BackupError> {
+        let id = self.identity()?;
+        if m.encrypted() && id.is_none() {
+            return Err(BackupError::Config(format!(
+                "backup {} is encrypted: set [keys] identity (a key file, or env:NAME) to read it",
+                m.id
+            )));
+        }
+        Ok(if m.encrypted() { id } else { None })
+    }
+
+    /// Every backup of `source` (or of every source) on every target.
+    pub async fn list(&self, source: Option<&str>) -> Result<Vec<(String, Manifest)>, BackupError> {
+        let sources: Vec<String> = match source {
+            Some(s) => {
+                self.config.source(s).map_err(BackupError::Config)?;
+                vec![s.to_string()]
+            }
+            None => self.config.sources.keys().cloned().collect(),
+        };
+        let mut out = Vec::new();
+        for store in &self.stores {
+            for s in &sources {
+                for m in store.manifests(s).await? {
+                    out.push((store.name.clone(), m));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where verification results are remembered (prune keeps the newest
+    /// verified full backup).
+    fn verified_marker(&self, target: &str, source: &str, id: &str) -> PathBuf {
+        self.state_dir
+            .join("backups-verified")
+            .join(target)
+            .join(source)
+            .join(id)
+    }
+
+    pub fn is_verified(&self, target: &str, source: &str, id: &str) -> bool {
+        self.verified_marker(target, source, id).exists()
+    }
+}
+
+/// Generates an age identity; returns (secret key text, public recipient).
+pub fn keygen() -> (String, String) {
+    use age::secrecy::ExposeSecret;
+    let id = age::x25519::Identity::generate();
+    (
+        id.to_string().expose_secret().to_string(),
+        id.to_public().to_string(),
+    )
+}

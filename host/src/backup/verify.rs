@@ -1,0 +1,507 @@
+//! `drhost backup verify`: the plan's 10-point checklist, each point a real
+//! check with its own result. One download feeds the hash, the decryption,
+//! the decompression and a restore into a scratch database.
+
+use super::engine::{Engine, Inspection, Place, Purpose};
+use super::manifest::Manifest;
+use super::pipeline::{self, AGE_MAGIC, OpenError, Opened};
+use super::progress::Progress;
+use super::{BackupError, Backups, Store};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not run because an earlier point failed, or not applicable.
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub target: String,
+    pub id: String,
+    pub source: String,
+    pub checks: Vec<Check>,
+    /// Restored content, for comparing targets.
+    #[serde(skip)]
+    pub restored: Option<Inspection>,
+    pub plaintext_sha256: Option<String>,
+}
+
+impl VerifyReport {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.status == Status::Pass)
+    }
+}
+
+/// The checklist's names, in the plan's order.
+pub const CHECKS: [&str; 10] = [
+    "file exists",
+    "size reasonable",
+    "encrypted",
+    "downloadable",
+    "extractable",
+    "restorable",
+    "integrity",
+    "all tables present",
+    "all records present",
+    "no corruption detected",
+];
+
+struct Sheet(Vec<Check>);
+
+impl Sheet {
+    fn set(&mut self, name: &'static str, ok: bool, detail: impl Into<String>) {
+        self.put(name, if ok { Status::Pass } else { Status::Fail }, detail);
+    }
+    fn put(&mut self, name: &'static str, status: Status, detail: impl Into<String>) {
+        self.0.push(Check {
+            name,
+            status,
+            detail: detail.into(),
+        });
+    }
+    fn skip_rest(&mut self, why: &str) {
+        for name in CHECKS {
+            if !self.0.iter().any(|c| c.name == name) {
+                self.put(name, Status::Skip, why);
+            }
+        }
+    }
+    fn failed(&self) -> bool {
+        self.0.iter().any(|c| c.status == Status::Fail)
+    }
+}
+
+/// Result of streaming one backup into a place.
+pub(crate) struct Loaded {
+    pub opened: Opened,
+    pub place: Place,
+    pub load: Result<(), String>,
+}
+
+impl Backups {
+    /// Streams the backup's object from `store` through the decoder into a
+    /// fresh place of `engine`.
+    pub(crate) async fn load_into(
+        &self,
+        store: &Store,
+        m: &Manifest,
+        engine: &Engine,
+        purpose: Purpose,
+        label: &str,
+    ) -> Result<Loaded, BackupError> {
+        let identity = self.identity_for(m)?;
+        let (_, reader) = store
+            .backend
+            .open(&store.key(&m.object), None)
+            .await
+            .map_err(store.err())?;
+        let load = engine.load(purpose).await?;
+        let bar = Progress::new(self.progress, label, Some(m.ciphertext.size));
+        let bar2 = bar.clone();
+        let src = tokio_util::io::SyncIoBridge::new(reader);
+        let place = load.place.clone();
+        let (opened, finished) = tokio::task::spawn_blocking(move || {
+            let opened = pipeline::open(bar2.reader(src), identity.as_ref(), load.sink);
+            // The sink is closed now: the loading tool sees its end of input.
+            (opened, (load.finish)())
+        })
+        .await
+        .map_err(|e| BackupError::Failed(format!("load task: {e}")))?;
+        bar.finish();
+        Ok(Loaded {
+            opened,
+            place,
+            load: finished.map_err(|e| e.to_string()),
+        })
+    }
+
+    /// Runs the checklist for one backup on one target.
+    pub async fn verify_on(
+        &self,
+        store: &Store,
+        source: &str,
+        id: &str,
+    ) -> Result<VerifyReport, BackupError> {
+        let m = store.find(source, id).await?;
+        let engine = self.engine(source)?;
+        let mut sheet = Sheet(Vec::new());
+        let mut report = VerifyReport {
+            target: store.name.clone(),
+            id: m.id.clone(),
+            source: source.to_string(),
+            checks: Vec::new(),
+            restored: None,
+            plaintext_sha256: None,
+        };
+
+        // 1. file exists
+        let key = store.key(&m.object);
+        let head = store.backend.head(&key).await.map_err(store.err())?;
+        let Some(head) = head else {
+            sheet.set(
+                CHECKS[0],
+                false,
+                format!("{key} is missing on {}", store.name),
+            );
+            sheet.skip_rest("no object to check");
+            report.checks = sheet.0;
+            return Ok(report);
+        };
+        sheet.set(CHECKS[0], true, key.clone());
+
+        // 2. size reasonable: the manifest's size, and not far below the history.
+        let history: Vec<u64> = store
+            .manifests(source)
+            .await?
+            .into_iter()
+            .filter(|h| h.kind == m.kind && h.id < m.id)
+            .map(|h| h.plaintext.size)
+            .collect();
+        let recent: Vec<u64> = history.iter().rev().take(10).copied().collect();
+        let median = median(&recent);
+        let (ok, detail) = if head.size != m.ciphertext.size {
+            (
+                false,
+                format!(
+                    "{} bytes stored, the manifest says {}",
+                    head.size, m.ciphertext.size
+                ),
+            )
+        } else if let Some(med) = median
+            && m.plaintext.size * 2 < med
+        {
+            (
+                false,
+                format!(
+                    "{} bytes of data, far smaller than the median {med} of the last {} {} backups",
+                    m.plaintext.size,
+                    recent.len(),
+                    m.kind
+                ),
+            )
+        } else {
+            (
+                true,
+                match median {
+                    Some(med) => format!("{} bytes (median of previous: {med})", head.size),
+                    None => format!("{} bytes (first backup of its kind)", head.size),
+                },
+            )
+        };
+        sheet.set(CHECKS[1], ok, detail);
+
+        // 3. encrypted: judged on the bytes, not the configuration.
+        let (_, mut r) = store.backend.open(&key, None).await.map_err(store.err())?;
+        let mut magic = Vec::new();
+        (&mut r)
+            .take(AGE_MAGIC.len() as u64)
+            .read_to_end(&mut magic)
+            .await
+            .map_err(|e| BackupError::Failed(format!("reading {key}: {e}")))?;
+        drop(r);
+        let is_age = magic == AGE_MAGIC;
+        match (m.encrypted(), is_age) {
+            (true, true) => sheet.set(CHECKS[2], true, "age header present"),
+            (true, false) => sheet.set(
+                CHECKS[2],
+                false,
+                "the manifest says age but the object has no age header",
+            ),
+            (false, true) => sheet.set(
+                CHECKS[2],
+                false,
+                "an age header in a backup recorded as unencrypted",
+            ),
+            (false, false) => sheet.set(
+                CHECKS[2],
+                false,
+                "not encrypted (encryption = \"none\" in the configuration)",
+            ),
+        }
+
+        // 4–6: one pass: download, decrypt, decompress, restore into scratch.
+        let loaded = self
+            .load_into(
+                store,
+                &m,
+                &engine,
+                Purpose::Verify,
+                &format!("verify {} on {}", m.id, store.name),
+            )
+            .await;
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                sheet.set(CHECKS[3], false, e.to_string());
+                sheet.skip_rest("the object could not be read");
+                report.checks = sheet.0;
+                return Ok(report);
+            }
+        };
+        let result = self.judge(&mut sheet, &m, &loaded, &engine).await;
+        if let Err(e) = engine.discard(&loaded.place).await {
+            tracing::warn!("removing the scratch copy {}: {e}", loaded.place);
+        }
+        report.restored = result?;
+        if !sheet.failed() {
+            report.plaintext_sha256 = Some(m.plaintext.sha256.clone());
+            self.mark_verified(&store.name, source, &m.id);
+        }
+        report.checks = sheet.0;
+        Ok(report)
+    }
+
+    async fn judge(
+        &self,
+        sheet: &mut Sheet,
+        m: &Manifest,
+        loaded: &Loaded,
+        engine: &Engine,
+    ) -> Result<Option<Inspection>, BackupError> {
+        let o = &loaded.opened;
+        let download_failed = matches!(o.result, Err(OpenError::Download(_)));
+        let downloaded = !download_failed
+            && o.ciphertext.0 == m.ciphertext.size
+            && o.ciphertext.1 == m.ciphertext.sha256;
+        sheet.set(
+            CHECKS[3],
+            downloaded,
+            if downloaded {
+                format!("{} bytes read, sha256 matches the manifest", o.ciphertext.0)
+            } else if let Err(OpenError::Download(e)) = &o.result {
+                format!("reading failed after {} bytes: {e}", o.ciphertext.0)
+            } else {
+                format!(
+                    "{} bytes with sha256 {}, the manifest says {} bytes with {}",
+                    o.ciphertext.0,
+                    short(&o.ciphertext.1),
+                    m.ciphertext.size,
+                    short(&m.ciphertext.sha256)
+                )
+            },
+        );
+        let extracted = match &o.result {
+            Ok(()) if o.plaintext.1 == m.plaintext.sha256 => {
+                sheet.set(
+                    CHECKS[4],
+                    true,
+                    format!("{} bytes of plaintext, sha256 matches", o.plaintext.0),
+                );
+                true
+            }
+            Ok(()) => {
+                sheet.set(
+                    CHECKS[4],
+                    false,
+                    format!(
+                        "plaintext sha256 {} differs from the manifest's {}",
+                        short(&o.plaintext.1),
+                        short(&m.plaintext.sha256)
+                    ),
+                );
+                false
+            }
+            Err(OpenError::Sink(e)) => {
+                // The decoder was fine; the loading tool stopped reading.
+                sheet.set(
+                    CHECKS[4],
+                    true,
+                    "decrypted and decompressed until the restore stopped",
+                );
+                sheet.set(
+                    CHECKS[5],
+                    false,
+                    format!(
+                        "{}: {e}",
+                        loaded
+                            .load
+                            .as_ref()
+                            .err()
+                            .map(String::as_str)
+                            .unwrap_or("the restore tool stopped reading")
+                    ),
+                );
+                sheet.skip_rest("the backup did not restore");
+                return Ok(None);
+            }
+            Err(e) => {
+                sheet.set(CHECKS[4], false, e.to_string());
+                false
+            }
+        };
+        if !extracted {
+            sheet.skip_rest("the backup could not be extracted");
+            return Ok(None);
+        }
+        if let Err(e) = &loaded.load {
+            sheet.set(CHECKS[5], false, e.clone());
+            sheet.skip_rest("the backup did not restore");
+            return Ok(None);
+        }
+        sheet.set(CHECKS[5], true, format!("restored into {}", loaded.place));
+        let inspection = engine.inspect(&loaded.place).await?;
+        match &inspection.integrity {
+            Ok(what) => sheet.set(CHECKS[6], true, what.clone()),
+            Err(what) => sheet.set(CHECKS[6], false, what.clone()),
+        }
+        let missing: Vec<&String> = m
+            .tables
+            .keys()
+            .filter(|t| !inspection.tables.contains_key(*t))
+            .collect();
+        let extra: Vec<&String> = inspection
+            .tables
+            .keys()
+            .filter(|t| !m.tables.contains_key(*t))
+            .collect();
+        sheet.set(
+            CHECKS[7],
+            missing.is_empty() && extra.is_empty(),
+            if missing.is_empty() && extra.is_empty() {
+                format!("{} tables", m.tables.len())
+            } else {
+                format!("missing: {missing:?}; not in the manifest: {extra:?}")
+            },
+        );
+        let wrong: Vec<String> = m
+            .tables
+            .iter()
+            .filter_map(|(t, n)| {
+                let got = inspection.tables.get(t).copied().unwrap_or(0);
+                (got != *n).then(|| format!("{t}: {got} of {n}"))
+            })
+            .collect();
+        let rows: u64 = m.tables.values().sum();
+        sheet.set(
+            CHECKS[8],
+            wrong.is_empty(),
+            if wrong.is_empty() {
+                format!("{rows} rows")
+            } else {
+                wrong.join(", ")
+            },
+        );
+        // Corruption is about the data path and the content (points 4–9);
+        // size and encryption are judged on their own.
+        let clean = sheet
+            .0
+            .iter()
+            .filter(|c| CHECKS[3..9].contains(&c.name))
+            .all(|c| c.status == Status::Pass);
+        sheet.set(
+            CHECKS[9],
+            clean,
+            if clean {
+                "authenticated decryption, zstd checksums, engine checks and counts all agree"
+            } else {
+                "see the failures above"
+            },
+        );
+        Ok(Some(inspection))
+    }
+
+    fn mark_verified(&self, target: &str, source: &str, id: &str) {
+        let marker = self.verified_marker(target, source, id);
+        let written = marker
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::write(&marker, chrono::Utc::now().to_rfc3339()));
+        if let Err(e) = written {
+            tracing::warn!("recording the verification of {id}: {e}");
+        }
+    }
+
+    /// The checklist on each named target (all when empty). With several
+    /// targets, a last report line compares their restored content.
+    pub async fn verify(
+        &self,
+        source: &str,
+        id: &str,
+        targets: &[String],
+    ) -> Result<Vec<VerifyReport>, BackupError> {
+        let stores = self.stores_named(targets)?;
+        let mut reports = Vec::new();
+        // "latest" means the same backup everywhere: resolve it on the first target.
+        let id = if id == "latest" {
+            stores
+                .first()
+                .ok_or_else(|| BackupError::Config("no targets".into()))?
+                .find(source, "latest")
+                .await?
+                .id
+        } else {
+            id.to_string()
+        };
+        for store in stores {
+            match self.verify_on(store, source, &id).await {
+                Ok(r) => reports.push(r),
+                Err(BackupError::NotFound(msg)) => {
+                    let mut sheet = Sheet(Vec::new());
+                    sheet.set(CHECKS[0], false, msg);
+                    sheet.skip_rest("no manifest on this target");
+                    reports.push(VerifyReport {
+                        target: store.name.clone(),
+                        id: id.clone(),
+                        source: source.to_string(),
+                        checks: sheet.0,
+                        restored: None,
+                        plaintext_sha256: None,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(reports)
+    }
+}
+
+/// Whether every report restored the same content (same plaintext, same tables and rows).
+pub fn identical(reports: &[VerifyReport]) -> Result<String, String> {
+    let mut first: Option<(&str, &Inspection, &str)> = None;
+    for r in reports {
+        let (Some(ins), Some(sha)) = (&r.restored, &r.plaintext_sha256) else {
+            return Err(format!("{} did not restore", r.target));
+        };
+        match first {
+            None => first = Some((&r.target, ins, sha)),
+            Some((t, i, s)) => {
+                if s != sha || i.tables != ins.tables {
+                    return Err(format!(
+                        "{} and {} restore to different content",
+                        t, r.target
+                    ));
+                }
+            }
+        }
+    }
+    Ok(format!(
+        "{} targets restore to identical content",
+        reports.len()
+    ))
+}
+
+fn median(v: &[u64]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    Some(s[s.len() / 2])
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}

@@ -1,0 +1,312 @@
+//! `drhost backup …`: the command-line face of the backup engine.
+
+use clap::Subcommand;
+use drhost::backup::config::Config;
+use drhost::backup::manifest::Kind;
+use drhost::backup::{self, BackupError, Backups, Status};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Back up a source to every target.
+    Create {
+        source: String,
+        #[arg(long, default_value = "full")]
+        kind: String,
+    },
+    /// List backups (all sources, or one) on every target.
+    List { source: Option<String> },
+    /// Run the 10-point checklist: ID is SOURCE/ID, ID with --source, or latest.
+    Verify {
+        id: String,
+        #[arg(long)]
+        source: Option<String>,
+        /// Check this target only (repeatable); default: every target.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Check every target and prove they restore to identical content.
+        #[arg(long)]
+        all_targets: bool,
+    },
+    /// Restore a backup into a source's database: staged, verified, then swapped in.
+    Restore {
+        id: String,
+        #[arg(long)]
+        source: Option<String>,
+        /// The source (as named in the configuration) whose database is replaced.
+        #[arg(long)]
+        to: String,
+        /// Read the backup from this target; default: the first that holds it.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        point_in_time: Option<String>,
+    },
+    /// Delete backups the retention policy no longer keeps.
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print a new age identity (keep it secret) and its recipient (put it in drhost.toml).
+    Keygen,
+}
+
+/// Default configuration file: `$DRHOST_CONFIG`, else `./drhost.toml`.
+pub fn default_config() -> PathBuf {
+    std::env::var_os("DRHOST_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("drhost.toml"))
+}
+
+/// Splits `SOURCE/ID`; else uses `--source`, else the only configured source.
+fn resolve_id(
+    config: &Config,
+    id: &str,
+    source: Option<String>,
+) -> Result<(String, String), String> {
+    if let Some((s, i)) = id.split_once('/') {
+        return Ok((s.to_string(), i.to_string()));
+    }
+    if let Some(s) = source {
+        return Ok((s, id.to_string()));
+    }
+    let mut names = config.sources.keys();
+    match (names.next(), names.next()) {
+        (Some(only), None) => Ok((only.clone(), id.to_string())),
+        _ => Err(format!(
+            "{id}: name the source, as SOURCE/{id} or with --source (configured: {})",
+            config
+                .sources
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn usage(e: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {e}");
+    2
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: encoding JSON: {e}"),
+    }
+}
+
+fn code_of(e: &BackupError) -> i32 {
+    match e {
+        BackupError::Config(_) => 2,
+        _ => 1,
+    }
+}
+
+pub async fn run(
+    command: BackupCommand,
+    config_path: &Path,
+    state_dir: PathBuf,
+    json: bool,
+) -> anyhow::Result<i32> {
+    if let BackupCommand::Keygen = command {
+        let (secret, public) = backup::keygen();
+        println!("# created: {}", chrono::Utc::now().to_rfc3339());
+        println!("# public key: {public}");
+        println!("{secret}");
+        return Ok(0);
+    }
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
+    };
+    let mut backups = match Backups::open(config, state_dir).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(code_of(&e));
+        }
+    };
+    backups.progress = !json;
+    match command {
+        BackupCommand::Keygen => Ok(0),
+        BackupCommand::Create { source, kind } => {
+            let kind: Kind = match kind.parse() {
+                Ok(k) => k,
+                Err(e) => return Ok(usage(e)),
+            };
+            match backups.create(&source, kind).await {
+                Ok(report) => {
+                    if json {
+                        print_json(&report);
+                    } else {
+                        let m = &report.manifest;
+                        println!(
+                            "backup {}/{}: {} tables, {} rows, {} bytes → {} bytes stored, in {:.1} s",
+                            m.source,
+                            m.id,
+                            m.tables.len(),
+                            m.tables.values().sum::<u64>(),
+                            m.plaintext.size,
+                            m.ciphertext.size,
+                            report.seconds
+                        );
+                        for t in &report.targets {
+                            match &t.error {
+                                None => println!("  {}: complete", t.target),
+                                Some(e) => println!(
+                                    "  {}: INCOMPLETE (no manifest written): {e}",
+                                    t.target
+                                ),
+                            }
+                        }
+                    }
+                    Ok(if report.complete() { 0 } else { 1 })
+                }
+                Err(e) => Ok({
+                    eprintln!("error: {e}");
+                    code_of(&e)
+                }),
+            }
+        }
+        BackupCommand::List { source } => match backups.list(source.as_deref()).await {
+            Ok(all) => {
+                if json {
+                    let v: Vec<serde_json::Value> = all
+                        .iter()
+                        .map(|(t, m)| serde_json::json!({"target": t, "manifest": m}))
+                        .collect();
+                    print_json(&v);
+                } else {
+                    println!(
+                        "{:<10} {:<12} {:<30} {:>12} {:>8} {:>10}",
+                        "TARGET", "SOURCE", "ID", "BYTES", "TABLES", "ROWS"
+                    );
+                    for (t, m) in &all {
+                        println!(
+                            "{:<10} {:<12} {:<30} {:>12} {:>8} {:>10}",
+                            t,
+                            m.source,
+                            m.id,
+                            m.ciphertext.size,
+                            m.tables.len(),
+                            m.tables.values().sum::<u64>()
+                        );
+                    }
+                }
+                Ok(0)
+            }
+            Err(e) => Ok({
+                eprintln!("error: {e}");
+                code_of(&e)
+            }),
+        },
+        BackupCommand::Verify {
+            id,
+            source,
+            targets,
+            all_targets,
+        } => {
+            let (source, id) = match resolve_id(&backups.config, &id, source) {
+                Ok(x) => x,
+                Err(e) => return Ok(usage(e)),
+            };
+            let targets = if all_targets { Vec::new() } else { targets };
+            let reports = match backups.verify(&source, &id, &targets).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(code_of(&e));
+                }
+            };
+            let mut ok = reports.iter().all(|r| r.passed());
+            let same = (all_targets || reports.len() > 1).then(|| backup::identical(&reports));
+            if let Some(Err(_)) = &same {
+                ok = false;
+            }
+            if json {
+                let v = serde_json::json!({
+                    "reports": reports,
+                    "identical": same.as_ref().map(|s| match s { Ok(m) => serde_json::json!({"ok": true, "detail": m}), Err(m) => serde_json::json!({"ok": false, "detail": m}) }),
+                    "passed": ok,
+                });
+                print_json(&v);
+            } else {
+                for r in &reports {
+                    println!("backup {}/{} on target {}", r.source, r.id, r.target);
+                    for (i, c) in r.checks.iter().enumerate() {
+                        let s = match c.status {
+                            Status::Pass => "PASS",
+                            Status::Fail => "FAIL",
+                            Status::Skip => "SKIP",
+                        };
+                        println!("  [{s}] {:>2}. {:<24} {}", i + 1, c.name, c.detail);
+                    }
+                }
+                match &same {
+                    Some(Ok(m)) => println!("[PASS] {m}"),
+                    Some(Err(m)) => println!("[FAIL] {m}"),
+                    None => {}
+                }
+                println!("{}", if ok { "VERIFIED" } else { "NOT VERIFIED" });
+            }
+            Ok(if ok { 0 } else { 1 })
+        }
+        BackupCommand::Restore {
+            id,
+            source,
+            to,
+            from,
+            point_in_time,
+        } => {
+            let (source, id) = match resolve_id(&backups.config, &id, source) {
+                Ok(x) => x,
+                Err(e) => return Ok(usage(e)),
+            };
+            match backups
+                .restore(&source, &id, &to, from.as_deref(), point_in_time.as_deref())
+                .await
+            {
+                Ok(r) => {
+                    if json {
+                        print_json(&r);
+                    } else {
+                        println!(
+                            "restored {}/{} from {} into {}: {} tables, {} rows, verified before the swap, in {:.1} s",
+                            r.source, r.id, r.from, r.to, r.tables, r.rows, r.seconds
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(e) => Ok({
+                    eprintln!("error: {e}");
+                    code_of(&e)
+                }),
+            }
+        }
+        BackupCommand::Prune { dry_run } => match backups.prune(dry_run).await {
+            Ok(r) => {
+                if json {
+                    print_json(&r);
+                } else {
+                    let verb = if dry_run { "would delete" } else { "deleted" };
+                    for p in &r.deleted {
+                        println!("{verb} {}/{} on {}: {}", p.source, p.id, p.target, p.reason);
+                    }
+                    for p in &r.kept {
+                        println!("kept {}/{} on {}: {}", p.source, p.id, p.target, p.reason);
+                    }
+                }
+                Ok(0)
+            }
+            Err(e) => Ok({
+                eprintln!("error: {e}");
+                code_of(&e)
+            }),
+        },
+    }
+}

@@ -1,0 +1,796 @@
+//! The backup engine against real parts: SQLite files, the MariaDB and
+//! PostgreSQL servers, the S3 test server, and the real `age`, `zstd`,
+//! `mariadb` and `pg_restore` tools for restores by hand.
+
+mod common;
+
+use common::*;
+use drhost::backup::config::Config;
+use drhost::backup::manifest::{Kind, Manifest};
+use drhost::backup::{Backups, Status, VerifyReport};
+use sqlx::{Connection, Executor};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A directory with an age key pair and a drhost.toml built from `body`.
+struct Setup {
+    dir: tempfile::TempDir,
+    recipient: String,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, recipient) = drhost::backup::keygen();
+        std::fs::write(dir.path().join("key.txt"), format!("{secret}\n")).unwrap();
+        Setup { dir, recipient }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn config(&self, body: &str) -> Config {
+        // Top-level settings in `body` must come before the first table.
+        let split = body
+            .find("\n[")
+            .map(|i| i + 1)
+            .filter(|_| !body.starts_with('['))
+            .unwrap_or(0);
+        let (top, tables) = body.split_at(split);
+        let text = format!(
+            "{top}[keys]\nrecipients = [\"{}\"]\nidentity = \"key.txt\"\n{tables}",
+            self.recipient
+        );
+        std::fs::write(self.path("drhost.toml"), &text).unwrap();
+        Config::load(&self.path("drhost.toml")).unwrap()
+    }
+
+    async fn backups(&self, body: &str) -> Backups {
+        Backups::open(self.config(body), self.path("state"))
+            .await
+            .unwrap()
+    }
+}
+
+const TWO_LOCAL_TARGETS: &str =
+    "[targets.primary]\npath = \"primary\"\n[targets.local]\npath = \"local\"\n";
+
+fn sqlite_source(setup: &Setup, rows: u32) -> String {
+    let db = setup.path("app.db");
+    let out = Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!(
+            "PRAGMA journal_mode=WAL; CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);\
+             CREATE TABLE orders(id INTEGER PRIMARY KEY, user INT, total REAL);\
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<{rows}) \
+             INSERT INTO users SELECT x, 'user' || x FROM c;\
+             INSERT INTO orders SELECT id, id, id * 1.5 FROM users;"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    "[sources.app]\nkind = \"sqlite\"\npath = \"app.db\"\n".into()
+}
+
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn status(r: &VerifyReport, check: &str) -> (Status, String) {
+    let c = r.checks.iter().find(|c| c.name == check).unwrap();
+    (c.status, c.detail.clone())
+}
+
+fn assert_all_pass(r: &VerifyReport) {
+    for c in &r.checks {
+        assert_eq!(c.status, Status::Pass, "{}: {}", c.name, c.detail);
+    }
+    assert_eq!(r.checks.len(), 10);
+}
+
+/// Runs a shell pipeline and returns its stdout.
+fn sh(script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-o")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn a_sqlite_backup_reaches_both_targets_verifies_and_restores_over_damage() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 20_000);
+    let b = s.backups(&format!("{src}{TWO_LOCAL_TARGETS}")).await;
+    let report = b.create("app", Kind::Full).await.unwrap();
+    assert!(report.complete());
+    let m = &report.manifest;
+    assert_eq!(m.tables.get("users"), Some(&20_000));
+    assert_eq!(m.pipeline, ["sqlite", "zstd", "age"]);
+    for target in ["primary", "local"] {
+        let stored = std::fs::read(s.path(target).join(&m.object)).unwrap();
+        assert!(stored.starts_with(b"age-encryption.org/v1\n"));
+        assert_eq!(drhost::digest::sha256_hex(&stored), m.ciphertext.sha256);
+        let on_disk: Manifest = Manifest::parse(
+            &std::fs::read(s.path(target).join(Manifest::key("app", &m.id))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(&on_disk, m);
+    }
+
+    let reports = b.verify("app", "latest", &[]).await.unwrap();
+    assert_eq!(reports.len(), 2);
+    reports.iter().for_each(assert_all_pass);
+    assert!(drhost::backup::identical(&reports).is_ok());
+
+    let db = s.path("app.db");
+    sqlite3(&db, "DROP TABLE users; DELETE FROM orders WHERE id > 10;");
+    let r = b
+        .restore("app", "latest", "app", Some("primary"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.rows, 40_000);
+    assert_eq!(
+        sqlite3(
+            &db,
+            "SELECT count(*) FROM users; SELECT count(*) FROM orders;"
+        ),
+        "20000\n20000"
+    );
+    assert_eq!(sqlite3(&db, "PRAGMA integrity_check"), "ok");
+    assert!(!s.path("app.db.drhost-staging").exists());
+}
+
+#[tokio::test]
+async fn a_sqlite_backup_restores_by_hand_with_age_and_zstd() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 1_000);
+    let b = s.backups(&format!("{src}{TWO_LOCAL_TARGETS}")).await;
+    let m = b.create("app", Kind::Full).await.unwrap().manifest;
+    let object = s.path("local").join(&m.object);
+    let out = s.path("by-hand.db");
+    sh(&format!(
+        "age -d -i {} {} | zstd -d > {}",
+        s.path("key.txt").display(),
+        object.display(),
+        out.display()
+    ));
+    assert_eq!(
+        drhost::digest::sha256_file(&out).unwrap(),
+        m.plaintext.sha256
+    );
+    assert_eq!(sqlite3(&out, "SELECT count(*) FROM orders"), "1000");
+}
+
+/// Decrypts a stored backup, changes its plaintext with `sql`, and stores it
+/// again with a manifest whose digests match: the damage is then only in
+/// the content, which points 8 and 9 must catch.
+fn reseal(s: &Setup, target: &str, m: &Manifest, sql: &str) {
+    let object = s.path(target).join(&m.object);
+    let plain = s.path("plain.db");
+    sh(&format!(
+        "age -d -i {} {} | zstd -d > {}",
+        s.path("key.txt").display(),
+        object.display(),
+        plain.display()
+    ));
+    sqlite3(&plain, sql);
+    sh(&format!(
+        "zstd -q -c {} | age -r {} > {}",
+        plain.display(),
+        s.recipient,
+        object.display()
+    ));
+    let mut changed = m.clone();
+    changed.plaintext.size = std::fs::metadata(&plain).unwrap().len();
+    changed.plaintext.sha256 = drhost::digest::sha256_file(&plain).unwrap();
+    changed.ciphertext.size = std::fs::metadata(&object).unwrap().len();
+    changed.ciphertext.sha256 = drhost::digest::sha256_file(&object).unwrap();
+    std::fs::write(
+        s.path(target).join(Manifest::key("app", &m.id)),
+        serde_json::to_vec(&changed).unwrap(),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn verification_names_each_kind_of_damage() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 5_000);
+    let targets = "[targets.a]\npath = \"a\"\n[targets.b]\npath = \"b\"\n[targets.c]\npath = \"c\"\n\
+                   [targets.d]\npath = \"d\"\n[targets.e]\npath = \"e\"\n[targets.f]\npath = \"f\"\n";
+    let b = s.backups(&format!("{src}{targets}")).await;
+    let m = b.create("app", Kind::Full).await.unwrap().manifest;
+    let object = |t: &str| s.path(t).join(&m.object);
+
+    // a: missing object. b: truncated. c: one flipped byte. d: a table dropped.
+    // e: rows missing. f: intact, but read with the wrong key.
+    std::fs::remove_file(object("a")).unwrap();
+    let bytes = std::fs::read(object("b")).unwrap();
+    std::fs::write(object("b"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut flipped = bytes.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x01;
+    std::fs::write(object("c"), &flipped).unwrap();
+    reseal(&s, "d", &m, "DROP TABLE users;");
+    reseal(&s, "e", &m, "DELETE FROM orders WHERE id % 2 = 0;");
+
+    let (b_ref, id) = (&b, m.id.as_str());
+    let check = |t: &str| {
+        let t = t.to_string();
+        async move { b_ref.verify("app", id, &[t]).await.unwrap().remove(0) }
+    };
+    let r = check("a").await;
+    assert_eq!(status(&r, "file exists").0, Status::Fail);
+    assert_eq!(status(&r, "restorable").0, Status::Skip);
+
+    let r = check("b").await;
+    let (st, detail) = status(&r, "size reasonable");
+    assert_eq!(st, Status::Fail, "{detail}");
+    assert!(detail.contains("the manifest says"), "{detail}");
+    assert_eq!(status(&r, "downloadable").0, Status::Fail);
+    assert_eq!(status(&r, "extractable").0, Status::Fail);
+
+    let r = check("c").await;
+    assert_eq!(status(&r, "size reasonable").0, Status::Pass);
+    let (st, detail) = status(&r, "downloadable");
+    assert_eq!(st, Status::Fail);
+    assert!(detail.contains("sha256"), "{detail}");
+    assert_eq!(status(&r, "extractable").0, Status::Fail);
+    assert_eq!(status(&r, "no corruption detected").0, Status::Skip);
+
+    let r = check("d").await;
+    assert_eq!(status(&r, "extractable").0, Status::Pass);
+    assert_eq!(status(&r, "restorable").0, Status::Pass);
+    let (st, detail) = status(&r, "all tables present");
+    assert_eq!(st, Status::Fail);
+    assert!(detail.contains("users"), "{detail}");
+    assert_eq!(status(&r, "no corruption detected").0, Status::Fail);
+
+    let r = check("e").await;
+    assert_eq!(status(&r, "all tables present").0, Status::Pass);
+    let (st, detail) = status(&r, "all records present");
+    assert_eq!(st, Status::Fail);
+    assert!(detail.contains("orders: 2500 of 5000"), "{detail}");
+
+    // The wrong key: another identity in the configuration.
+    let (other, _) = drhost::backup::keygen();
+    std::fs::write(s.path("key.txt"), other).unwrap();
+    let b = s.backups(&format!("{src}{targets}")).await;
+    let r = b
+        .verify("app", &m.id, &["f".into()])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(status(&r, "downloadable").0, Status::Pass);
+    let (st, detail) = status(&r, "extractable");
+    assert_eq!(st, Status::Fail);
+    assert!(detail.contains("does not match any recipient"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_backup_far_smaller_than_its_history_is_flagged() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 20_000);
+    let b = s
+        .backups(&format!("{src}[targets.t]\npath = \"t\"\n"))
+        .await;
+    b.create("app", Kind::Full).await.unwrap();
+    sqlite3(
+        &s.path("app.db"),
+        "DELETE FROM users WHERE id > 100; DELETE FROM orders; VACUUM;",
+    );
+    let m = b.create("app", Kind::Full).await.unwrap().manifest;
+    let r = b.verify("app", &m.id, &[]).await.unwrap().remove(0);
+    let (st, detail) = status(&r, "size reasonable");
+    assert_eq!(st, Status::Fail);
+    assert!(detail.contains("far smaller"), "{detail}");
+    // Everything else about it is sound.
+    assert_eq!(status(&r, "all records present").0, Status::Pass);
+}
+
+#[tokio::test]
+async fn a_restore_from_a_damaged_backup_leaves_the_target_as_it_was() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 3_000);
+    let b = s
+        .backups(&format!("{src}[targets.t]\npath = \"t\"\n"))
+        .await;
+    let m = b.create("app", Kind::Full).await.unwrap().manifest;
+    let object = s.path("t").join(&m.object);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x80;
+    std::fs::write(&object, &bytes).unwrap();
+    let db = s.path("app.db");
+    sqlite3(
+        &db,
+        "INSERT INTO users VALUES (99999, 'written after the backup');",
+    );
+    let before = sqlite3(&db, "SELECT count(*), max(id) FROM users");
+    let e = b
+        .restore("app", "latest", "app", None, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stopped before touching"), "{e}");
+    assert_eq!(sqlite3(&db, "SELECT count(*), max(id) FROM users"), before);
+    assert!(
+        !s.path("app.db.drhost-staging").exists(),
+        "staging copy removed"
+    );
+}
+
+#[tokio::test]
+async fn unencrypted_backups_need_an_explicit_setting_and_are_reported_as_such() {
+    let s = Setup::new();
+    sqlite_source(&s, 10);
+    let body = "[sources.app]\nkind = \"sqlite\"\npath = \"app.db\"\n[targets.t]\npath = \"t\"\n";
+    std::fs::write(s.path("drhost.toml"), body).unwrap();
+    let e = Config::load(&s.path("drhost.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("encryption = \"none\""), "{e}");
+    std::fs::write(
+        s.path("drhost.toml"),
+        format!("encryption = \"none\"\n{body}"),
+    )
+    .unwrap();
+    let b = Backups::open(
+        Config::load(&s.path("drhost.toml")).unwrap(),
+        s.path("state"),
+    )
+    .await
+    .unwrap();
+    let m = b.create("app", Kind::Full).await.unwrap().manifest;
+    assert_eq!(m.pipeline, ["sqlite", "zstd"]);
+    assert!(m.object.ends_with(".sqlite.zst"));
+    let r = b.verify("app", "latest", &[]).await.unwrap().remove(0);
+    let (st, detail) = status(&r, "encrypted");
+    assert_eq!(st, Status::Fail);
+    assert!(detail.contains("not encrypted"), "{detail}");
+    assert_eq!(status(&r, "all records present").0, Status::Pass);
+}
+
+#[tokio::test]
+async fn prune_keeps_recent_backups_and_the_newest_verified_full() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 100);
+    let b = s
+        .backups(&format!(
+            "{src}[targets.t]\npath = \"t\"\n[retention]\nkeep-days = 30\nkeep-last = 1\n"
+        ))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(b.create("app", Kind::Full).await.unwrap().manifest.id);
+    }
+    // Only the second one is verified.
+    assert!(b.verify("app", &ids[1], &[]).await.unwrap()[0].passed());
+    let later = chrono::Utc::now() + chrono::Duration::days(40);
+
+    let dry = b.prune_at(later, true).await.unwrap();
+    let deleted: Vec<&str> = dry.deleted.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(deleted, [ids[0].as_str(), ids[2].as_str()]);
+    assert_eq!(
+        b.list(Some("app")).await.unwrap().len(),
+        4,
+        "a dry run deletes nothing"
+    );
+
+    let done = b.prune_at(later, false).await.unwrap();
+    assert_eq!(done.deleted.len(), 2);
+    let left: Vec<String> = b
+        .list(Some("app"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.id)
+        .collect();
+    assert_eq!(left, [ids[1].clone(), ids[3].clone()]);
+    assert!(
+        !s.path("t")
+            .join(format!("app/{}.sqlite.zst.age", ids[0]))
+            .exists()
+    );
+
+    // Nothing is old yet today.
+    assert!(b.prune(false).await.unwrap().deleted.is_empty());
+}
+
+// ---- MariaDB ----
+
+async fn mariadb_database(rows: u32) -> (String, String) {
+    let name = format!("drhost_bk_{}", unique().replace('-', "_"));
+    let mut c = sqlx::MySqlConnection::connect(&mariadb_url())
+        .await
+        .unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}; USE {name};\
+         CREATE TABLE items (id INT PRIMARY KEY, label VARCHAR(200), note TEXT);\
+         INSERT INTO items SELECT seq, CONCAT('item (', seq, ')'), IF(seq % 7 = 0, NULL, CONCAT(SHA2(seq, 256), ' it''s; x')) FROM seq_1_to_{rows};\
+         CREATE TABLE empty_one (id INT);"
+    )))
+    .await
+    .unwrap();
+    let url = mariadb_url();
+    let base = url.rsplit_once('/').unwrap().0;
+    (name.clone(), format!("{base}/{name}"))
+}
+
+async fn mariadb_scalar(db: &str, sql: &str) -> i64 {
+    let base = mariadb_url();
+    let base = base.rsplit_once('/').unwrap().0;
+    let mut c = sqlx::MySqlConnection::connect(&format!("{base}/{db}"))
+        .await
+        .unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+fn s3_target(name: &str, bucket: &str, endpoint: &str) -> String {
+    format!(
+        "[targets.{name}]\nbucket = \"{bucket}\"\nprefix = \"db/\"\nendpoint = \"{endpoint}\"\npath-style = true\n\
+         region = \"us-east-1\"\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n"
+    )
+}
+
+async fn new_bucket() -> String {
+    let bucket = format!("drhost-bk-{}", unique());
+    s3_admin()
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    bucket
+}
+
+#[tokio::test]
+async fn a_mariadb_backup_goes_to_s3_and_a_local_copy_and_restores_identically() {
+    let (db, url) = mariadb_database(20_000).await;
+    let bucket = new_bucket().await;
+    let s = Setup::new();
+    let body = format!(
+        "[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n{}[targets.local]\npath = \"local\"\n",
+        s3_target("primary", &bucket, &s3_endpoint())
+    );
+    let b = s.backups(&body).await;
+    let report = b.create("shop", Kind::Full).await.unwrap();
+    assert!(report.complete(), "{:?}", report.targets);
+    let m = &report.manifest;
+    assert_eq!(m.tables.get("items"), Some(&20_000));
+    assert_eq!(m.tables.get("empty_one"), Some(&0));
+    assert!(m.tools.contains_key("mariadb-dump"));
+    let listed = s3_admin()
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("db/shop/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.contents().len(),
+        2,
+        "object and manifest under the prefix"
+    );
+
+    let reports = b.verify("shop", &m.id, &[]).await.unwrap();
+    reports.iter().for_each(assert_all_pass);
+    assert!(drhost::backup::identical(&reports).is_ok());
+
+    // The disaster: a table dropped and rows lost; restore from S3.
+    mariadb_scalar(&db, "SELECT 1").await;
+    let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    c.execute("DROP TABLE empty_one; DELETE FROM items WHERE id > 10")
+        .await
+        .unwrap();
+    let r = b
+        .restore("shop", "latest", "shop", Some("primary"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.rows, 20_000);
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT COUNT(*) FROM items").await,
+        20_000
+    );
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT COUNT(*) FROM empty_one").await,
+        0
+    );
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'drhost_bk_%drhost%'").await,
+        0,
+        "no staging or old databases are left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_mariadb_backup_restores_by_hand_with_age_zstd_and_the_mariadb_client() {
+    let (_db, url) = mariadb_database(500).await;
+    let s = Setup::new();
+    let b = s
+        .backups(&format!("[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n[targets.local]\npath = \"local\"\n"))
+        .await;
+    let m = b.create("shop", Kind::Full).await.unwrap().manifest;
+    let (name, _) = mariadb_database(0).await;
+    let object = s.path("local").join(&m.object);
+    sh(&format!(
+        "age -d -i {} {} | zstd -d | mariadb -h 127.0.0.1 -P 3306 -u root {name}",
+        s.path("key.txt").display(),
+        object.display()
+    ));
+    assert_eq!(
+        mariadb_scalar(&name, "SELECT COUNT(*) FROM items").await,
+        500
+    );
+}
+
+#[tokio::test]
+async fn a_dump_cut_off_mid_stream_leaves_no_backup_and_the_next_one_succeeds() {
+    let (db, url) = mariadb_database(60_000).await;
+    let proxy = vanishing_proxy("127.0.0.1:3306".into(), 1 << 20).await;
+    let s = Setup::new();
+    let proxied = url.replace("127.0.0.1:3306", &proxy);
+    let body =
+        |u: &str| format!("[sources.shop]\nkind = \"mariadb\"\nurl = \"{u}\"\n{TWO_LOCAL_TARGETS}");
+    let b = s.backups(&body(&proxied)).await;
+    let e = b.create("shop", Kind::Full).await.unwrap_err().to_string();
+    assert!(e.contains("mariadb-dump failed"), "{e}");
+    assert!(
+        b.list(Some("shop")).await.unwrap().is_empty(),
+        "no manifest anywhere"
+    );
+    for t in ["primary", "local"] {
+        let leftovers: Vec<_> = walk(&s.path(t));
+        assert!(leftovers.is_empty(), "{t}: {leftovers:?}");
+    }
+    let b = s.backups(&body(&url)).await;
+    let m = b.create("shop", Kind::Full).await.unwrap().manifest;
+    assert_eq!(m.tables["items"], 60_000);
+    let _ = db;
+}
+
+#[tokio::test]
+async fn an_s3_target_vanishing_mid_upload_gets_no_manifest_while_the_other_completes() {
+    let (_db, url) = mariadb_database(60_000).await;
+    let bucket = new_bucket().await;
+    let proxy = vanishing_proxy(s3_endpoint().trim_start_matches("http://").into(), 1 << 20).await;
+    let s = Setup::new();
+    let body = format!(
+        "zstd-level = 1\n[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n{}[targets.local]\npath = \"local\"\n",
+        s3_target("primary", &bucket, &format!("http://{proxy}"))
+    );
+    let b = s.backups(&body).await;
+    let report = b.create("shop", Kind::Full).await.unwrap();
+    let primary = report
+        .targets
+        .iter()
+        .find(|t| t.target == "primary")
+        .unwrap();
+    assert!(primary.error.is_some(), "the cut target failed");
+    let local = report.targets.iter().find(|t| t.target == "local").unwrap();
+    assert!(local.error.is_none(), "{:?}", local.error);
+    let listed = s3_admin()
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        listed.contents().is_empty(),
+        "nothing visible on the cut target: {:?}",
+        listed.contents()
+    );
+    let uploads = s3_admin()
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "the multipart upload was aborted"
+    );
+    let r = b
+        .verify("shop", "latest", &["local".into()])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_all_pass(&r);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+// ---- PostgreSQL ----
+
+async fn postgres_database(rows: u32) -> (String, String) {
+    let name = format!("drhost_bk_{}", unique().replace('-', "_"));
+    let admin = postgres_url();
+    let base = admin.rsplit_once('/').unwrap().0.to_string();
+    let mut c = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .await
+    .unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let url = format!("{base}/{name}");
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE items (id INT PRIMARY KEY, label TEXT);\
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, {rows}) g;\
+         CREATE SCHEMA audit; CREATE TABLE audit.events (at TIMESTAMPTZ DEFAULT now(), what TEXT);\
+         INSERT INTO audit.events(what) SELECT 'e' || g FROM generate_series(1, 10) g;"
+    )))
+    .await
+    .unwrap();
+    (name, url)
+}
+
+async fn pg_scalar(url: &str, sql: &str) -> i64 {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_postgres_backup_counts_rows_in_its_snapshot_verifies_and_restores() {
+    let (_name, url) = postgres_database(10_000).await;
+    let s = Setup::new();
+    let b = s
+        .backups(&format!(
+            "[sources.pg]\nkind = \"postgres\"\nurl = \"{url}\"\n{TWO_LOCAL_TARGETS}"
+        ))
+        .await;
+    let m = b.create("pg", Kind::Full).await.unwrap().manifest;
+    assert_eq!(m.tables.get("public.items"), Some(&10_000));
+    assert_eq!(m.tables.get("audit.events"), Some(&10));
+    assert!(
+        m.covers
+            .position
+            .as_deref()
+            .is_some_and(|p| p.starts_with("lsn "))
+    );
+    let reports = b.verify("pg", "latest", &[]).await.unwrap();
+    reports.iter().for_each(assert_all_pass);
+
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    c.execute("DELETE FROM items WHERE id > 5; DROP SCHEMA audit CASCADE")
+        .await
+        .unwrap();
+    drop(c);
+    b.restore("pg", "latest", "pg", None, None).await.unwrap();
+    assert_eq!(pg_scalar(&url, "SELECT count(*) FROM items").await, 10_000);
+    assert_eq!(
+        pg_scalar(&url, "SELECT count(*) FROM audit.events").await,
+        10
+    );
+}
+
+#[tokio::test]
+async fn a_postgres_backup_restores_by_hand_with_age_zstd_and_pg_restore() {
+    let (_name, url) = postgres_database(300).await;
+    let s = Setup::new();
+    let b = s
+        .backups(&format!("[sources.pg]\nkind = \"postgres\"\nurl = \"{url}\"\n[targets.local]\npath = \"local\"\n"))
+        .await;
+    let m = b.create("pg", Kind::Full).await.unwrap().manifest;
+    let (empty, empty_url) = {
+        let (n, u) = postgres_database(0).await;
+        let mut c = sqlx::PgConnection::connect(&u).await.unwrap();
+        c.execute("DROP TABLE items; DROP SCHEMA audit CASCADE")
+            .await
+            .unwrap();
+        (n, u)
+    };
+    sh(&format!(
+        "age -d -i {} {} | zstd -d | pg_restore --no-owner -h 127.0.0.1 -U postgres -d {empty}",
+        s.path("key.txt").display(),
+        s.path("local").join(&m.object).display()
+    ));
+    assert_eq!(
+        pg_scalar(&empty_url, "SELECT count(*) FROM items").await,
+        300
+    );
+}
+
+#[test]
+fn the_cli_backs_up_verifies_and_restores_with_a_printed_checklist() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 2_000);
+    s.config(&format!("{src}{TWO_LOCAL_TARGETS}"));
+    let drhost = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_drhost"))
+            .args(args)
+            .arg("--config")
+            .arg(s.path("drhost.toml"))
+            .env("DRHOST_STATE_DIR", s.path("state"))
+            .output()
+            .unwrap()
+    };
+    let out = drhost(&["backup", "create", "app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = drhost(&["backup", "verify", "latest", "--all-targets"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for (i, name) in drhost::backup::CHECKS.iter().enumerate() {
+        assert!(
+            text.contains(&format!("[PASS] {:>2}. {name}", i + 1)),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("2 targets restore to identical content"),
+        "{text}"
+    );
+    let out = drhost(&["backup", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    sqlite3(&s.path("app.db"), "DELETE FROM users");
+    let out = drhost(&["backup", "restore", "latest", "--to", "app"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sqlite3(&s.path("app.db"), "SELECT count(*) FROM users"),
+        "2000"
+    );
+    let out = drhost(&[
+        "backup",
+        "restore",
+        "latest",
+        "--to",
+        "app",
+        "--point-in-time",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("point-in-time"));
+}
