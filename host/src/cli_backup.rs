@@ -146,7 +146,7 @@ pub async fn run(
                     } else {
                         let m = &report.manifest;
                         println!(
-                            "backup {}/{}: {} tables, {} rows, {} bytes → {} bytes stored, in {:.1} s",
+                            "backup {}/{}: {} tables, {} rows, {} bytes → {} bytes stored, in {:.2} s",
                             m.source,
                             m.id,
                             m.tables.len(),
@@ -276,7 +276,7 @@ pub async fn run(
                         print_json(&r);
                     } else {
                         println!(
-                            "restored {}/{} from {} into {}: {} tables, {} rows, verified before the swap, in {:.1} s",
+                            "restored {}/{} from {} into {}: {} tables, {} rows, verified before the swap, in {:.2} s",
                             r.source, r.id, r.from, r.to, r.tables, r.rows, r.seconds
                         );
                     }

@@ -76,10 +76,17 @@ enum Command {
         #[command(subcommand)]
         command: cli_backup::BackupCommand,
     },
-    /// Prepare the quickstart's two local buckets and damage the primary.
+    /// Prepare the quickstart: two local buckets with a damaged primary (DIR),
+    /// or a sample SQLite database (--sample-db) and its disaster (--damage-db).
     Quickstart {
         /// Directory that will hold primary/ and secondary/.
-        dir: PathBuf,
+        dir: Option<PathBuf>,
+        /// Create the sample shop database at this path.
+        #[arg(long)]
+        sample_db: Option<PathBuf>,
+        /// Drop a table and delete rows in the sample database at this path.
+        #[arg(long)]
+        damage_db: Option<PathBuf>,
     },
 }
 
@@ -322,16 +329,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let config = config.unwrap_or_else(cli_backup::default_config);
             cli_backup::run(command, &config, state_dir, json).await
         }
-        Command::Quickstart { dir } => {
-            let d = drhost::quickstart::setup(&dir)
-                .with_context(|| format!("preparing buckets in {}", dir.display()))?;
-            println!(
-                "prepared {} objects in {dir}/primary and {dir}/secondary; damaged the primary: deleted {}, corrupted {}",
-                d.objects,
-                d.deleted,
-                d.corrupted,
-                dir = dir.display(),
-            );
+        Command::Quickstart {
+            dir,
+            sample_db,
+            damage_db,
+        } => {
+            if let Some(db) = sample_db {
+                drhost::quickstart::sample_database(&db)
+                    .await
+                    .with_context(|| format!("creating {}", db.display()))?;
+                println!("created {} (2000 customers, 10000 orders)", db.display());
+            }
+            if let Some(db) = damage_db {
+                drhost::quickstart::damage_database(&db)
+                    .await
+                    .with_context(|| format!("damaging {}", db.display()))?;
+                println!(
+                    "damaged {}: dropped the orders table, deleted half of the customers",
+                    db.display()
+                );
+            }
+            if let Some(dir) = dir {
+                let d = drhost::quickstart::setup(&dir)
+                    .with_context(|| format!("preparing buckets in {}", dir.display()))?;
+                println!(
+                    "prepared {} objects in {dir}/primary and {dir}/secondary; damaged the primary: deleted {}, corrupted {}",
+                    d.objects,
+                    d.deleted,
+                    d.corrupted,
+                    dir = dir.display(),
+                );
+            }
             Ok(0)
         }
     }

@@ -53,3 +53,44 @@ pub fn setup(dir: &Path) -> std::io::Result<Damage> {
         corrupted,
     })
 }
+
+/// Creates the quickstart's SQLite database: a small shop with customers and
+/// orders (replacing any earlier file).
+pub async fn sample_database(path: &Path) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(p));
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL);
+         CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL REFERENCES customers(id),
+                              total_cents INTEGER NOT NULL, placed_at TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO customers SELECT i, 'Customer ' || i, 'customer' || i || '@example.com' FROM n;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
+         INSERT INTO orders SELECT i, 1 + (i * 7) % 2000, 100 + (i * 37) % 90000,
+                                   datetime('2026-11-01', '+' || (i % 600) || ' minutes') FROM n;",
+    )
+    .execute(&mut c)
+    .await?;
+    c.close().await
+}
+
+/// The quickstart's database disaster: the orders table dropped and half the
+/// customers deleted.
+pub async fn damage_database(path: &Path) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await?;
+    sqlx::raw_sql("DROP TABLE orders; DELETE FROM customers WHERE id % 2 = 0;")
+        .execute(&mut c)
+        .await?;
+    c.close().await
+}
