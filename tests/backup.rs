@@ -794,3 +794,113 @@ fn the_cli_backs_up_verifies_and_restores_with_a_printed_checklist() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("point-in-time"));
 }
+
+// ---- The backup capability, driven by a plugin ----
+
+const BACKUP_GRANT: &str = "[backup.app]\naccess = [\"create\", \"list\", \"verify\", \"restore\"]\nrestore-to = [\"app\"]\n";
+
+#[tokio::test]
+async fn a_plugin_backs_up_verifies_and_restores_through_granted_host_operations() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 4_000);
+    let b = std::sync::Arc::new(s.backups(&format!("{src}{TWO_LOCAL_TARGETS}")).await);
+    let caps = caps_with(BACKUP_GRANT, s.dir.path(), false, Some(b.clone())).await;
+
+    let made = ok(&caps, "backup.create", &[("source", "app")]).await;
+    let id = get(&made, "id").unwrap().to_string();
+    assert_eq!(get(&made, "targets"), Some("local,primary"));
+    assert_eq!(get(&made, "rows"), Some("8000"));
+    let listed = ok(&caps, "backup.list", &[("source", "app")]).await;
+    assert_eq!(all(&listed, "id"), [id.as_str()]);
+    let checked = ok(
+        &caps,
+        "backup.verify",
+        &[("source", "app"), ("id", "latest"), ("target", "primary")],
+    )
+    .await;
+    assert_eq!(all(&checked, "passed"), ["primary true"]);
+    assert_eq!(all(&checked, "check").len(), 10);
+
+    sqlite3(&s.path("app.db"), "DELETE FROM orders");
+    let r = ok(
+        &caps,
+        "backup.restore",
+        &[("source", "app"), ("id", &id), ("to", "app")],
+    )
+    .await;
+    assert_eq!(get(&r, "rows"), Some("8000"));
+    assert_eq!(
+        sqlite3(&s.path("app.db"), "SELECT count(*) FROM orders"),
+        "4000"
+    );
+
+    flush(&caps);
+    let calls: Vec<_> = audit_records(s.dir.path())
+        .into_iter()
+        .filter(|r| r["interface"] == "backup")
+        .collect();
+    let ops: Vec<&str> = calls.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["create", "list", "verify", "restore"]);
+    assert!(calls.iter().all(|r| r["decision"] == "allow"));
+    assert_eq!(calls[0]["backup_id"], id.as_str());
+    assert_eq!(
+        calls[3]["grant"],
+        "backup.app access=restore restore-to=app"
+    );
+}
+
+#[tokio::test]
+async fn backup_operations_are_denied_without_their_grant_and_planned_in_plan_mode() {
+    let s = Setup::new();
+    let src = sqlite_source(&s, 100);
+    let b = std::sync::Arc::new(s.backups(&format!("{src}{TWO_LOCAL_TARGETS}")).await);
+    let policy = "[backup.app]\naccess = [\"list\", \"restore\"]\nrestore-to = [\"elsewhere\"]\n";
+    let caps = caps_with(policy, s.dir.path(), false, Some(b.clone())).await;
+    let e = failed(&caps, "backup.create", &[("source", "app")]).await;
+    assert!(
+        e.contains("denied") && e.contains("[backup.app] does not grant Create"),
+        "{e}"
+    );
+    let e = failed(
+        &caps,
+        "backup.verify",
+        &[("source", "other"), ("id", "latest")],
+    )
+    .await;
+    assert!(e.contains("add a [backup.other] table"), "{e}");
+    let e = failed(
+        &caps,
+        "backup.restore",
+        &[("source", "app"), ("id", "latest"), ("to", "app")],
+    )
+    .await;
+    assert!(
+        e.contains("may not restore into \"app\"; add it to restore-to"),
+        "{e}"
+    );
+
+    let plan = caps_with(BACKUP_GRANT, s.dir.path(), true, Some(b.clone())).await;
+    let e = failed(&plan, "backup.create", &[("source", "app")]).await;
+    assert!(e.starts_with("planned"), "{e}");
+    assert!(
+        b.list(None).await.unwrap().is_empty(),
+        "plan mode wrote nothing"
+    );
+    flush(&caps);
+    flush(&plan);
+    let decisions: Vec<String> = audit_records(s.dir.path())
+        .into_iter()
+        .filter(|r| r["interface"] == "backup")
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["op"].as_str().unwrap(),
+                r["decision"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(decisions.len(), 4);
+    for d in ["create deny", "verify deny", "restore deny", "create plan"] {
+        assert!(decisions.contains(&d.to_string()), "{decisions:?}");
+    }
+}

@@ -182,9 +182,15 @@ async fn main() {
     let policy = Arc::new(Policy::deny_all());
     let audit = AuditWriter::create(&dir.path().join("audit.jsonl")).expect("audit");
     let caps = Arc::new(
-        build_caps(&policy, Some(audit), StateCap::ephemeral(1 << 20), false)
-            .await
-            .expect("caps"),
+        build_caps(
+            &policy,
+            Some(audit),
+            StateCap::ephemeral(1 << 20),
+            false,
+            None,
+        )
+        .await
+        .expect("caps"),
     );
     let budget = Duration::from_secs(30);
     let iters = 3000;
@@ -350,7 +356,7 @@ async fn main() {
     p.source = Some(dir.path().join("policy.toml"));
     let p = Arc::new(p);
     let copy_caps = Arc::new(
-        build_caps(&p, None, StateCap::ephemeral(0), false)
+        build_caps(&p, None, StateCap::ephemeral(0), false, None)
             .await
             .expect("caps"),
     );

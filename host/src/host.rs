@@ -2,12 +2,13 @@
 //! lands here and goes through the gate.
 
 use crate::bindings::CapError;
-use crate::bindings::drhost::plugin::{clock, db, log, s3, state, types};
+use crate::bindings::drhost::plugin::{backup, clock, db, log, s3, state, types};
+use crate::caps::backup as backupcap;
 use crate::caps::http::Hooks;
 use crate::caps::output::CappedOutput;
 use crate::caps::s3 as s3cap;
 use crate::caps::{Call, Caps, Decision};
-use crate::policy::S3Access;
+use crate::policy::{BackupAccess, S3Access};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
@@ -531,4 +532,101 @@ impl db::Host for HostState {
             .call(call, decision, || caps.db.ping(&connection))
             .await)
     }
+}
+
+impl backup::Host for HostState {
+    async fn create(
+        &mut self,
+        source: String,
+        kind: backup::BackupKind,
+    ) -> HostResult<backup::BackupInfo> {
+        let caps = Arc::clone(&self.caps);
+        let kind = backupcap::kind_from_wit(kind);
+        let call = Call::new("backup", "create", source.clone())
+            .arg("kind", kind.to_string())
+            .mutating();
+        let decision = caps.backup.decide(&source, BackupAccess::Create, "create");
+        Ok(caps
+            .gate
+            .call(call, decision, || async {
+                let b = engine(&caps)?;
+                let r = b.create(&source, kind).await?;
+                let done = r
+                    .targets
+                    .iter()
+                    .filter(|t| t.error.is_none())
+                    .map(|t| t.target.clone())
+                    .collect();
+                Ok(backupcap::info(&r.manifest, done))
+            })
+            .await)
+    }
+
+    async fn list_backups(&mut self, source: String) -> HostResult<Vec<backup::BackupInfo>> {
+        let caps = Arc::clone(&self.caps);
+        let call = Call::new("backup", "list", source.clone());
+        let decision = caps.backup.decide(&source, BackupAccess::List, "list");
+        Ok(caps
+            .gate
+            .call(call, decision, || async {
+                Ok(backupcap::merge(engine(&caps)?.list(Some(&source)).await?))
+            })
+            .await)
+    }
+
+    async fn verify(
+        &mut self,
+        source: String,
+        id: String,
+        target: Option<String>,
+    ) -> HostResult<Vec<backup::VerifyReport>> {
+        let caps = Arc::clone(&self.caps);
+        let mut call = Call::new("backup", "verify", source.clone()).arg("id", id.clone());
+        if let Some(t) = &target {
+            call = call.arg("target", t.clone());
+        }
+        let decision = caps.backup.decide(&source, BackupAccess::Verify, "verify");
+        Ok(caps
+            .gate
+            .call(call, decision, || async {
+                let targets: Vec<String> = target.into_iter().collect();
+                let reports = engine(&caps)?.verify(&source, &id, &targets).await?;
+                Ok(reports.iter().map(backupcap::report).collect())
+            })
+            .await)
+    }
+
+    async fn restore(
+        &mut self,
+        source: String,
+        id: String,
+        to: String,
+        point_in_time: Option<String>,
+    ) -> HostResult<backup::RestoreReport> {
+        let caps = Arc::clone(&self.caps);
+        let mut call = Call::new("backup", "restore", source.clone())
+            .arg("id", id.clone())
+            .arg("to", to.clone())
+            .mutating();
+        if let Some(t) = &point_in_time {
+            call = call.arg("point_in_time", t.clone());
+        }
+        let decision = caps.backup.decide_restore(&source, &to);
+        Ok(caps
+            .gate
+            .call(call, decision, || async {
+                let r = engine(&caps)?
+                    .restore(&source, &id, &to, None, point_in_time.as_deref())
+                    .await?;
+                Ok(backupcap::restored(&r))
+            })
+            .await)
+    }
+}
+
+/// The backup engine of this run (granted sources imply it was configured).
+fn engine(caps: &Caps) -> Result<&crate::backup::Backups, CapError> {
+    caps.backup.backups.as_deref().ok_or_else(|| {
+        CapError::Unavailable("no backup configuration (drhost.toml) was given to this run".into())
+    })
 }

@@ -18,6 +18,7 @@ pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<S
             None,
             crate::caps::state::StateCap::ephemeral(0),
             false,
+            None,
         )
         .await?,
     );

@@ -46,6 +46,10 @@ enum Command {
         /// Plan mode: run the steps, but record mutating calls instead of executing them.
         #[arg(long)]
         plan: bool,
+        /// Backup configuration, for policies that grant [backup.*]; default:
+        /// $DRHOST_CONFIG, else ./drhost.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Show a plugin's metadata, its imports, and what the policy grants.
     Inspect {
@@ -168,6 +172,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             phase,
             json,
             plan,
+            config,
         } => {
             let policy = match load_policy(policy, &plugin) {
                 Ok(p) => p,
@@ -186,6 +191,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     return Ok(exit::USAGE);
                 }
             };
+            // The backup engine is opened only for plugins granted backups.
+            let backups = if policy.backup.is_empty() {
+                None
+            } else {
+                let path = config.unwrap_or_else(cli_backup::default_config);
+                let opened = match drhost::backup::config::Config::load(&path) {
+                    Ok(c) => drhost::backup::Backups::open(c, state_dir.clone())
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e.into()),
+                };
+                match opened {
+                    Ok(b) => Some(std::sync::Arc::new(b)),
+                    Err(e) => {
+                        eprintln!("error: the policy grants backups: {e:#}");
+                        return Ok(exit::USAGE);
+                    }
+                }
+            };
             let runtime = Runtime::new(Some(state_dir.join("cache")))?;
             let opts = RunOptions {
                 policy,
@@ -193,6 +217,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 state_dir,
                 phase,
                 plan,
+                backups,
             };
             match orchestrator::run(&runtime, &plugin, opts).await {
                 Ok(report) => {

@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub phase: Option<Phase>,
     /// Plan mode: mutating capability calls are recorded, not executed.
     pub plan: bool,
+    /// The backup engine (drhost.toml), for plugins granted `[backup.*]`.
+    pub backups: Option<Arc<crate::backup::Backups>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -197,6 +199,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         }
         .into());
     }
+    check_backup_grants(&opts.policy, opts.backups.as_ref())?;
     let policy = Arc::new(opts.policy);
 
     // The state store is per scenario, so `info` runs first on a throwaway one.
@@ -206,6 +209,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
             None,
             crate::caps::state::StateCap::ephemeral(0),
             opts.plan,
+            None,
         )
         .await?,
     );
@@ -224,7 +228,16 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         policy.limits.state_bytes.0,
     )
     .map_err(|e| RunError::Config(e.to_string()))?;
-    let caps = Arc::new(build_caps(&policy, Some(writer), state, opts.plan).await?);
+    let caps = Arc::new(
+        build_caps(
+            &policy,
+            Some(writer),
+            state,
+            opts.plan,
+            opts.backups.clone(),
+        )
+        .await?,
+    );
 
     let mut start = Map::new();
     start.insert("run_id".into(), run_id.clone().into());
@@ -439,14 +452,40 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     })
 }
 
+/// A policy's `[backup.*]` grants need the backup engine, and name its sources.
+fn check_backup_grants(
+    policy: &Policy,
+    backups: Option<&Arc<crate::backup::Backups>>,
+) -> Result<(), RunError> {
+    let Some(name) = policy.backup.keys().next() else {
+        return Ok(());
+    };
+    let Some(b) = backups else {
+        return Err(RunError::Config(format!(
+            "the policy grants [backup.{name}], but no backup configuration was given (drhost run --config drhost.toml)"
+        )));
+    };
+    for source in policy.backup.keys() {
+        b.config
+            .source(source)
+            .map_err(|e| RunError::Config(format!("policy [backup.{source}]: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Builds the capabilities of a run from its policy.
 pub async fn build_caps(
     policy: &Arc<Policy>,
     audit: Option<AuditWriter>,
     state: crate::caps::state::StateCap,
     plan: bool,
+    backups: Option<Arc<crate::backup::Backups>>,
 ) -> Result<Caps, RunError> {
     Ok(Caps {
+        backup: crate::caps::backup::BackupCap {
+            backups,
+            grants: policy.backup.clone(),
+        },
         gate: Gate::with_mode(audit, plan),
         s3: crate::caps::s3::S3Cap::from_policy(policy)
             .await

@@ -35,6 +35,9 @@ pub struct Policy {
     /// Database connections, by name.
     #[serde(default)]
     pub db: BTreeMap<String, DbGrant>,
+    /// Backup sources (defined in drhost.toml), by name.
+    #[serde(default)]
+    pub backup: BTreeMap<String, BackupGrant>,
     #[serde(default)]
     pub http: HttpPolicy,
     /// Where the policy came from; relative paths in it resolve against its directory.
@@ -155,6 +158,37 @@ pub struct DbGrant {
     pub access: DbAccess,
     /// Overrides `limits.max-rows` for this connection.
     pub max_rows: Option<u64>,
+}
+
+/// What a plugin may do with a backup source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupAccess {
+    Create,
+    List,
+    Verify,
+    Restore,
+}
+
+impl fmt::Display for BackupAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackupAccess::Create => "create",
+            BackupAccess::List => "list",
+            BackupAccess::Verify => "verify",
+            BackupAccess::Restore => "restore",
+        })
+    }
+}
+
+/// `[backup.<source>]`: operations on a source of drhost.toml, and the
+/// sources a restore of it may replace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BackupGrant {
+    pub access: Vec<BackupAccess>,
+    #[serde(default)]
+    pub restore_to: Vec<String>,
 }
 
 /// `[http]`: the outgoing allow-list.
@@ -491,6 +525,19 @@ impl Policy {
         }
         for name in self.db.keys() {
             check_name("db", name)?;
+        }
+        for (name, g) in &self.backup {
+            check_name("backup", name)?;
+            if g.access.is_empty() {
+                return Err(format!(
+                    "[backup.{name}] grants no access: list some of create, list, verify, restore"
+                ));
+            }
+            if !g.restore_to.is_empty() && !g.access.contains(&BackupAccess::Restore) {
+                return Err(format!(
+                    "[backup.{name}] names restore-to but does not grant access \"restore\""
+                ));
+            }
         }
         Ok(())
     }

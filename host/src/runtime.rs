@@ -154,6 +154,10 @@ impl Runtime {
         link(p::state::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
         link(p::s3::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
         link(p::db::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::backup::add_to_linker::<_, HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        ))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), Arc::clone(&stop));

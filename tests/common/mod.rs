@@ -82,6 +82,16 @@ pub fn probe() -> &'static Plugin {
 
 /// Capabilities from inline policy text, with an audit log in `dir`.
 pub async fn caps(policy: &str, dir: &Path) -> Arc<Caps> {
+    caps_with(policy, dir, false, None).await
+}
+
+/// Capabilities from inline policy text, in plan mode or not, with a backup engine or not.
+pub async fn caps_with(
+    policy: &str,
+    dir: &Path,
+    plan: bool,
+    backups: Option<Arc<drhost::backup::Backups>>,
+) -> Arc<Caps> {
     let mut p = Policy::parse(policy).expect("policy parses");
     p.source = Some(dir.join("policy.toml"));
     let p = Arc::new(p);
@@ -92,7 +102,8 @@ pub async fn caps(policy: &str, dir: &Path) -> Arc<Caps> {
             &p,
             Some(audit),
             StateCap::ephemeral(p.limits.state_bytes.0),
-            false,
+            plan,
+            backups,
         )
         .await
         .expect("caps"),
@@ -107,6 +118,7 @@ pub fn run_opts(dir: &Path, policy: Policy) -> drhost::orchestrator::RunOptions 
         state_dir: dir.join("state"),
         phase: None,
         plan: false,
+        backups: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //! directly: it asks the [`Gate`] to check the grant, run the call, and write
 //! the audit record, so no capability can forget any of the three.
 
+pub mod backup;
 pub mod db;
 pub mod http;
 pub mod output;
@@ -264,4 +265,5 @@ pub struct Caps {
     pub db: db::DbCap,
     pub http: http::HttpCap,
     pub state: state::StateCap,
+    pub backup: backup::BackupCap,
 }

@@ -5,7 +5,7 @@
 //! misbehave on purpose: spin forever, grow memory without bound, trap.
 
 use drhost_plugin::{
-    Component, ComponentKind, Finding, Guest, Outcome, Phase, Priority, ScenarioInfo, Step,
+    Component, ComponentKind, Finding, Guest, Outcome, Phase, Priority, ScenarioInfo, Step, backup,
     context_value, db, finding, s3, state,
 };
 
@@ -27,6 +27,10 @@ const STEPS: &[(&str, Phase, bool)] = &[
     ("db.execute", Phase::Recover, true),
     ("db.ping", Phase::Detect, false),
     ("http.get", Phase::Detect, false),
+    ("backup.create", Phase::Backup, true),
+    ("backup.list", Phase::Detect, false),
+    ("backup.verify", Phase::Verify, false),
+    ("backup.restore", Phase::Recover, true),
     ("state.set", Phase::Recover, false),
     ("state.get", Phase::Detect, false),
     ("stdout", Phase::Detect, false),
@@ -36,6 +40,14 @@ const STEPS: &[(&str, Phase, bool)] = &[
     ("grow", Phase::Detect, false),
     ("trap", Phase::Detect, false),
 ];
+
+fn backup_findings(b: &backup::BackupInfo) -> Vec<Finding> {
+    vec![
+        finding("id", &b.id),
+        finding("targets", b.targets.join(",")),
+        finding("rows", b.tables.iter().map(|t| t.rows).sum::<u64>()),
+    ]
+}
 
 fn arg<'a>(ctx: &'a [Finding], key: &str) -> &'a str {
     context_value(ctx, key).unwrap_or("")
@@ -214,6 +226,50 @@ impl Guest for Probe {
                 Ok(us) => Outcome::Ok(vec![finding("latency-us", us)]),
                 Err(e) => err(e),
             },
+            "backup.create" => {
+                match backup::create(arg(&ctx, "source"), backup::BackupKind::Full) {
+                    Ok(b) => Outcome::Ok(backup_findings(&b)),
+                    Err(e) => err(e),
+                }
+            }
+            "backup.list" => match backup::list_backups(arg(&ctx, "source")) {
+                Ok(all) => Outcome::Ok(all.iter().flat_map(backup_findings).collect()),
+                Err(e) => err(e),
+            },
+            "backup.verify" => {
+                let target = Some(arg(&ctx, "target")).filter(|t| !t.is_empty());
+                match backup::verify(arg(&ctx, "source"), arg(&ctx, "id"), target) {
+                    Ok(reports) => Outcome::Ok(
+                        reports
+                            .iter()
+                            .flat_map(|r| {
+                                std::iter::once(finding(
+                                    "passed",
+                                    format!("{} {}", r.target, r.passed),
+                                ))
+                                .chain(r.checks.iter().map(|c| {
+                                    finding(
+                                        "check",
+                                        format!("{} {:?} {}", c.name, c.status, c.detail),
+                                    )
+                                }))
+                            })
+                            .collect(),
+                    ),
+                    Err(e) => err(e),
+                }
+            }
+            "backup.restore" => {
+                let pit = Some(arg(&ctx, "point-in-time")).filter(|t| !t.is_empty());
+                match backup::restore(arg(&ctx, "source"), arg(&ctx, "id"), arg(&ctx, "to"), pit) {
+                    Ok(r) => Outcome::Ok(vec![
+                        finding("id", &r.id),
+                        finding("rows", r.rows),
+                        finding("read-from", &r.read_from),
+                    ]),
+                    Err(e) => err(e),
+                }
+            }
             "http.get" => match drhost_plugin::http::get(arg(&ctx, "url")) {
                 Ok(r) => Outcome::Ok(vec![
                     finding("status", r.status),

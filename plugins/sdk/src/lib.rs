@@ -3,7 +3,7 @@
 //! A plugin implements [`Guest`] and exports it with
 //! `drhost_plugin::export!(MyScenario with_types_in drhost_plugin::bindings);`.
 //! Every capability is reachable through the re-exported modules
-//! ([`s3`], [`db`], [`state`], [`log`], [`clock`]) and [`http`] for
+//! ([`s3`], [`db`], [`backup`], [`state`], [`log`], [`clock`]) and [`http`] for
 //! outgoing requests.
 
 #[allow(missing_docs, clippy::all)]
@@ -18,7 +18,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::drhost::plugin::{clock, db, log, s3, state, types};
+pub use bindings::drhost::plugin::{backup, clock, db, log, s3, state, types};
 pub use bindings::export;
 pub use bindings::exports::drhost::plugin::plugin::Guest;
 pub use types::{Component, ComponentKind, Finding, Outcome, Phase, Priority, ScenarioInfo, Step};
