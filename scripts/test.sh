@@ -55,5 +55,23 @@ if ! psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; then
     for _ in $(seq 1 100); do psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 
+say "a private MariaDB with binary logging (incremental backups, point-in-time recovery)"
+# Its own data directory and port: the shared server's configuration stays as it is.
+mdb="$work/mariadb-binlog"
+rm -rf "$mdb" && mkdir -p "$mdb"
+mariadb-install-db --no-defaults --datadir="$mdb/data" --auth-root-authentication-method=normal \
+    --skip-test-db --user="$(id -un)" >"$mdb/install.log" 2>&1 || { cat "$mdb/install.log"; exit 1; }
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mariadbd --no-defaults --datadir="$mdb/data" --port="$mport" --bind-address=127.0.0.1 \
+    --socket="$mdb/mariadb.sock" --pid-file="$mdb/mariadb.pid" --user="$(id -un)" \
+    --server-id=1 --log-bin="$mdb/data/binlog" --binlog-format=ROW \
+    --innodb-buffer-pool-size=64M --skip-name-resolve >"$mdb/server.log" 2>&1 &
+mdb_pid=$!
+trap 'kill $moto_pid $mdb_pid 2>/dev/null || true' EXIT
+mariadb-admin --no-defaults --wait=60 --connect-timeout=2 -h 127.0.0.1 -P "$mport" -u root ping >/dev/null \
+    || { cat "$mdb/server.log"; exit 1; }
+mariadb --no-defaults -h 127.0.0.1 -P "$mport" -u root -e 'CREATE DATABASE IF NOT EXISTS test'
+export DRHOST_TEST_MARIADB_BINLOG="mysql://root@127.0.0.1:$mport/test"
+
 say "tests"
 cargo test --workspace -- --test-threads 4

@@ -279,6 +279,13 @@ pub async fn run(
                             "restored {}/{} from {} into {}: {} tables, {} rows, verified before the swap, in {:.2} s",
                             r.source, r.id, r.from, r.to, r.tables, r.rows, r.seconds
                         );
+                        if let Some(p) = &r.point_in_time {
+                            println!(
+                                "  replayed the binary logs of {} incremental(s) up to {p}: {}",
+                                r.replayed.len(),
+                                r.replayed.join(", ")
+                            );
+                        }
                     }
                     Ok(0)
                 }

@@ -57,6 +57,12 @@ pub fn mariadb_url() -> String {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
+/// The private MariaDB with binary logging that the test command starts.
+pub fn mariadb_binlog_url() -> String {
+    std::env::var("DRHOST_TEST_MARIADB_BINLOG")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3307/test".into())
+}
+
 pub fn postgres_url() -> String {
     std::env::var("DRHOST_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())

@@ -1,6 +1,9 @@
 //! `drhost backup create`: one dump, streamed once, stored on every target.
 
-use super::manifest::{self, Covers, Digest, EncryptionInfo, Kind, Manifest, RecipientInfo};
+use super::engine::Engine;
+use super::manifest::{
+    self, Covers, Digest, EncryptionInfo, Kind, LogPosition, Manifest, RecipientInfo,
+};
 use super::pipeline::{self, FanOut};
 use super::progress::Progress;
 use super::{BackupError, Backups};
@@ -30,13 +33,18 @@ impl CreateReport {
 
 impl Backups {
     pub async fn create(&self, source: &str, kind: Kind) -> Result<CreateReport, BackupError> {
+        self.create_at(source, kind, chrono::Utc::now()).await
+    }
+
+    /// Creates a backup as if it started at `started` (its id and the time it
+    /// covers): for tests of point-in-time logic without waiting for a clock.
+    pub async fn create_at(
+        &self,
+        source: &str,
+        kind: Kind,
+        started: chrono::DateTime<chrono::Utc>,
+    ) -> Result<CreateReport, BackupError> {
         let engine = self.engine(source)?;
-        if kind == Kind::Incremental {
-            return Err(BackupError::Config(format!(
-                "incremental backups of {} sources are not available yet: take a full backup",
-                engine.kind()
-            )));
-        }
         let stores: Vec<&super::Store> = self.stores.iter().collect();
         if stores.is_empty() {
             return Err(BackupError::Config("no targets configured".into()));
@@ -59,17 +67,46 @@ impl Backups {
             ));
         }
 
-        let started = chrono::Utc::now();
         let clock = std::time::Instant::now();
         let id = manifest::new_id(started, kind);
+        tracing::info!(source, %id, "backup started");
+        let (dump, chain, ext) = match kind {
+            Kind::Full => (engine.dump().await?, None, engine.extension()),
+            Kind::Incremental => {
+                let Engine::Mariadb(m) = &engine else {
+                    return Err(BackupError::Config(format!(
+                        "incremental backups need binary logs: available for MariaDB sources, not {} (take full backups)",
+                        engine.kind()
+                    )));
+                };
+                let base = self.newest(source).await?.ok_or_else(|| {
+                    BackupError::Config(format!(
+                        "no backup of {source} yet: an incremental continues a full backup"
+                    ))
+                })?;
+                let from = base
+                    .covers
+                    .position
+                    .as_deref()
+                    .and_then(LogPosition::parse)
+                    .ok_or_else(|| {
+                        BackupError::Config(format!(
+                            "backup {} of {source} records no binary log position (was log_bin off?): take a full backup",
+                            base.id
+                        ))
+                    })?;
+                let inc = m.incremental(&from, &self.work_dir()).await?;
+                (
+                    inc.dump,
+                    Some((base.id, from, inc.logs, inc.next)),
+                    "binlog.tar",
+                )
+            }
+        };
         let object = format!(
-            "{source}/{id}.{}.zst{}",
-            engine.extension(),
+            "{source}/{id}.{ext}.zst{}",
             if encrypted { ".age" } else { "" }
         );
-        tracing::info!(source, %id, "backup started");
-
-        let dump = engine.dump().await?;
         let (fan, readers) = FanOut::new(stores.len());
         let mut uploads = Vec::new();
         for (store, reader) in stores.iter().zip(readers) {
@@ -130,10 +167,13 @@ impl Backups {
             finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             covers: Covers {
                 until: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                position: facts.position,
+                position: match &chain {
+                    Some((_, _, _, next)) => Some(next.to_string()),
+                    None => facts.position,
+                },
             },
             object: object.clone(),
-            pipeline: std::iter::once(engine.extension().to_string())
+            pipeline: std::iter::once(ext.to_string())
                 .chain(std::iter::once("zstd".to_string()))
                 .chain(encrypted.then(|| "age".to_string()))
                 .collect(),
@@ -169,6 +209,9 @@ impl Backups {
                     })
                     .collect(),
             },
+            base: chain.as_ref().map(|c| c.0.clone()),
+            from_position: chain.as_ref().map(|c| c.1.to_string()),
+            logs: chain.map(|c| c.2).unwrap_or_default(),
         };
         let body = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| BackupError::Failed(format!("encoding the manifest: {e}")))?;
@@ -209,5 +252,20 @@ impl Backups {
             targets,
             seconds: clock.elapsed().as_secs_f64(),
         })
+    }
+}
+
+impl Backups {
+    /// The newest backup of `source` on any target.
+    pub async fn newest(&self, source: &str) -> Result<Option<Manifest>, BackupError> {
+        let mut newest: Option<Manifest> = None;
+        for store in &self.stores {
+            if let Some(m) = store.manifests(source).await?.pop()
+                && newest.as_ref().is_none_or(|n| m.id > n.id)
+            {
+                newest = Some(m);
+            }
+        }
+        Ok(newest)
     }
 }

@@ -92,6 +92,15 @@ pub struct Manifest {
     /// Versions of the tools that produced it.
     pub tools: BTreeMap<String, String>,
     pub encryption: EncryptionInfo,
+    /// Incrementals: the backup this one continues (full or incremental).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Incrementals: the log position the changes start at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_position: Option<String>,
+    /// Incrementals: the binary log files inside the (tar) plaintext, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
 }
 
 impl Manifest {
@@ -129,4 +138,27 @@ pub fn new_id(started: chrono::DateTime<chrono::Utc>, kind: Kind) -> String {
 /// The fingerprint recorded for an age recipient.
 pub fn fingerprint(recipient: &str) -> String {
     crate::digest::sha256_hex(recipient.as_bytes())[..16].to_string()
+}
+
+/// A binary log position, `file:offset`; ordered as the server writes them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogPosition {
+    pub file: String,
+    pub offset: u64,
+}
+
+impl LogPosition {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (file, offset) = s.rsplit_once(':')?;
+        Some(LogPosition {
+            file: file.to_string(),
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for LogPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.offset)
+    }
 }

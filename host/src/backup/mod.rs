@@ -192,7 +192,7 @@ impl Backups {
         Ok(Engine::new(&self.config, source, s, self.work_dir())?)
     }
 
-    fn work_dir(&self) -> PathBuf {
+    pub(crate) fn work_dir(&self) -> PathBuf {
         self.state_dir.join("backup-work")
     }
 

@@ -1,10 +1,17 @@
-//! `drhost backup restore`: load into a staging place, verify it against the
-//! manifest, and only then swap it in. Until the swap the target is untouched;
-//! a failed or interrupted restore leaves at most a staging copy, which the
-//! next restore replaces.
+//! `drhost backup restore`: load into a staging place, verify it, and only
+//! then swap it in. Until the swap the target is untouched; a failed or
+//! interrupted restore leaves at most a staging copy, which the next restore
+//! replaces.
+//!
+//! Point-in-time recovery (MariaDB): the last full backup before the point,
+//! then the binary logs of the incrementals that follow it, replayed into
+//! the staging database up to the point (a time, or a binlog position).
 
-use super::engine::{Engine, Purpose};
-use super::{BackupError, Backups};
+use super::engine::mariadb::{Mariadb, Stop};
+use super::engine::{Engine, Inspection, Place, Purpose};
+use super::manifest::{Kind, LogPosition, Manifest};
+use super::verify::Loaded;
+use super::{BackupError, Backups, Store};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -13,16 +20,45 @@ pub struct RestoreReport {
     pub source: String,
     pub from: String,
     pub to: String,
+    /// Incrementals replayed on top of the full backup (point-in-time).
+    pub replayed: Vec<String>,
+    pub point_in_time: Option<String>,
     pub tables: usize,
     pub rows: u64,
     pub bytes: u64,
     pub seconds: f64,
 }
 
+/// `2026-11-27T02:15:00Z` (any RFC 3339 time) or `binlog.000042:1234`.
+pub fn parse_stop(text: &str) -> Result<Stop, BackupError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Stop::Time(t.with_timezone(&chrono::Utc)));
+    }
+    if let Some(p) = LogPosition::parse(text) {
+        return Ok(Stop::Position(p));
+    }
+    Err(BackupError::Config(format!(
+        "point in time {text:?} is neither an RFC 3339 time (2026-11-27T02:15:00Z) nor a binary log position (binlog.000042:1234)"
+    )))
+}
+
+/// Whether a backup's snapshot lies at or before the stop.
+fn before(m: &Manifest, stop: &Stop) -> bool {
+    match stop {
+        Stop::Time(t) => chrono::DateTime::parse_from_rfc3339(&m.covers.until)
+            .is_ok_and(|u| u.with_timezone(&chrono::Utc) <= *t),
+        Stop::Position(p) => position(m).is_some_and(|q| q <= *p),
+    }
+}
+
+fn position(m: &Manifest) -> Option<LogPosition> {
+    m.covers.position.as_deref().and_then(LogPosition::parse)
+}
+
 impl Backups {
     /// Restores backup `id` ("latest" allowed) of `source` into the database of
     /// source `to`, reading from target `from` (the first target holding it
-    /// when `None`).
+    /// when `None`). With `point_in_time`, replays binary logs up to it.
     pub async fn restore(
         &self,
         source: &str,
@@ -31,112 +67,215 @@ impl Backups {
         from: Option<&str>,
         point_in_time: Option<&str>,
     ) -> Result<RestoreReport, BackupError> {
-        if let Some(t) = point_in_time {
-            return Err(BackupError::Config(format!(
-                "point-in-time recovery (to {t}) needs archived binary logs, which this build does not take yet; \
-                 restore a full backup instead"
-            )));
-        }
         let clock = std::time::Instant::now();
-        let (store, m) = match from {
-            Some(name) => {
-                let store = self.store(name)?;
-                let m = store.find(source, id).await?;
-                (store, m)
-            }
-            None => {
-                let mut found = None;
-                let mut misses = Vec::new();
-                for store in &self.stores {
-                    match store.find(source, id).await {
-                        Ok(m) => {
-                            found = Some((store, m));
-                            break;
-                        }
-                        Err(e) => misses.push(e.to_string()),
-                    }
-                }
-                found.ok_or_else(|| BackupError::NotFound(misses.join("; ")))?
-            }
-        };
+        let stop = point_in_time.map(parse_stop).transpose()?;
+        let (store, full, chain) = self.plan_restore(source, id, from, stop.as_ref()).await?;
         let target: Engine = self.engine(to)?;
-        if target.kind() != m.source_kind {
+        if target.kind() != full.source_kind {
             return Err(BackupError::Config(format!(
                 "backup {} is a {} backup; source {to} is {}",
-                m.id,
-                m.source_kind,
+                full.id,
+                full.source_kind,
                 target.kind()
             )));
         }
-        tracing::info!(id = %m.id, from = %store.name, to, "restore started");
+        tracing::info!(id = %full.id, from = %store.name, to, incrementals = chain.len(), "restore started");
+        let load = target.load(Purpose::Restore).await?;
         let loaded = self
             .load_into(
                 store,
-                &m,
-                &target,
-                Purpose::Restore,
-                &format!("restore {} into {to}", m.id),
+                &full,
+                load,
+                &format!("restore {} into {to}", full.id),
             )
             .await?;
+        let staged = loaded.place.clone();
         let checked = async {
-            if let Err(e) = &loaded.opened.result {
-                return Err(format!(
-                    "{e}{}",
-                    loaded
-                        .load
-                        .as_ref()
-                        .err()
-                        .map(|l| format!(" ({l})"))
-                        .unwrap_or_default()
-                ));
-            }
-            loaded.load.clone()?;
-            if loaded.opened.plaintext.1 != m.plaintext.sha256 {
-                return Err("the plaintext's sha256 differs from the manifest".to_string());
-            }
-            let ins = target
-                .inspect(&loaded.place)
-                .await
-                .map_err(|e| e.to_string())?;
+            check_loaded(&loaded, &full)?;
+            let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
             ins.integrity.clone()?;
-            if ins.tables != m.tables {
-                let diff: Vec<String> = m
-                    .tables
-                    .iter()
-                    .filter(|(t, n)| ins.tables.get(*t) != Some(n))
-                    .map(|(t, n)| {
-                        format!("{t}: {} of {n}", ins.tables.get(t).copied().unwrap_or(0))
-                    })
-                    .collect();
-                return Err(format!(
-                    "the staged copy does not match the manifest: {}",
-                    diff.join(", ")
-                ));
+            same_tables(&ins, &full)?;
+            if chain.is_empty() {
+                return Ok(ins);
             }
-            Ok(())
+            let Engine::Mariadb(m) = &target else {
+                return Err("point-in-time recovery needs a MariaDB source".to_string());
+            };
+            for inc in &chain {
+                self.replay(store, m, &staged, inc, stop.as_ref()).await?;
+            }
+            let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
+            ins.integrity.clone()?;
+            Ok(ins)
         }
         .await;
-        if let Err(why) = checked {
-            if let Err(e) = target.discard(&loaded.place).await {
-                tracing::warn!("removing the staging copy {}: {e}", loaded.place);
+        let ins = match checked {
+            Ok(ins) => ins,
+            Err(why) => {
+                if let Err(e) = target.discard(&staged).await {
+                    tracing::warn!("removing the staging copy {staged}: {e}");
+                }
+                return Err(BackupError::Failed(format!(
+                    "restore of {} into {to} stopped before touching {}: {why}",
+                    full.id,
+                    target.describe()
+                )));
             }
-            return Err(BackupError::Failed(format!(
-                "restore of {} into {to} stopped before touching {}: {why}",
-                m.id,
-                target.describe()
-            )));
-        }
-        target.swap_in(&loaded.place).await?;
-        tracing::info!(id = %m.id, to, "restore finished");
+        };
+        target.swap_in(&staged).await?;
+        tracing::info!(id = %full.id, to, "restore finished");
         Ok(RestoreReport {
-            id: m.id.clone(),
+            id: full.id.clone(),
             source: source.to_string(),
             from: store.name.clone(),
             to: to.to_string(),
-            tables: m.tables.len(),
-            rows: m.tables.values().sum(),
-            bytes: m.plaintext.size,
+            replayed: chain.iter().map(|m| m.id.clone()).collect(),
+            point_in_time: point_in_time.map(str::to_string),
+            tables: ins.tables.len(),
+            rows: ins.tables.values().sum(),
+            bytes: full.plaintext.size,
             seconds: clock.elapsed().as_secs_f64(),
         })
     }
+
+    /// Chooses the target, the full backup and the incrementals to replay.
+    async fn plan_restore(
+        &self,
+        source: &str,
+        id: &str,
+        from: Option<&str>,
+        stop: Option<&Stop>,
+    ) -> Result<(&Store, Manifest, Vec<Manifest>), BackupError> {
+        let stores: Vec<&Store> = match from {
+            Some(name) => vec![self.store(name)?],
+            None => self.stores.iter().collect(),
+        };
+        let mut misses = Vec::new();
+        for store in stores {
+            let all = store.manifests(source).await?;
+            let full = match (id, stop) {
+                ("latest", Some(stop)) => all
+                    .iter()
+                    .rev()
+                    .find(|m| m.kind == Kind::Full && before(m, stop))
+                    .cloned(),
+                ("latest", None) => all.iter().rev().find(|m| m.kind == Kind::Full).cloned(),
+                (id, _) => all.iter().find(|m| m.id == id).cloned(),
+            };
+            let Some(full) = full else {
+                misses.push(format!("no full backup {id} of {source} on {}", store.name));
+                continue;
+            };
+            if full.kind != Kind::Full {
+                return Err(BackupError::Config(format!(
+                    "{} is an incremental: restore a full backup, with --point-in-time to replay incrementals",
+                    full.id
+                )));
+            }
+            let Some(stop) = stop else {
+                return Ok((store, full, Vec::new()));
+            };
+            if full.source_kind != super::config::SourceKind::Mariadb {
+                return Err(BackupError::Config(format!(
+                    "point-in-time recovery replays binary logs: MariaDB sources only, and {source} is {}",
+                    full.source_kind
+                )));
+            }
+            // Follow the chain of incrementals until one reaches past the stop.
+            let mut chain = Vec::new();
+            let mut prev = full.id.clone();
+            let mut reached = !before(&full, stop);
+            for m in all
+                .iter()
+                .filter(|m| m.id > full.id && m.kind == Kind::Incremental)
+            {
+                if reached || m.base.as_deref() != Some(prev.as_str()) {
+                    break;
+                }
+                chain.push(m.clone());
+                prev = m.id.clone();
+                reached = !before(m, stop);
+            }
+            if !reached {
+                let last = chain.last().unwrap_or(&full);
+                return Err(BackupError::Failed(format!(
+                    "the backups of {source} on {} reach only {} ({}); the point lies later: take an incremental backup first",
+                    store.name,
+                    last.covers.until,
+                    last.covers.position.as_deref().unwrap_or("no position")
+                )));
+            }
+            return Ok((store, full, chain));
+        }
+        Err(BackupError::NotFound(misses.join("; ")))
+    }
+
+    async fn replay(
+        &self,
+        store: &Store,
+        engine: &Mariadb,
+        staged: &Place,
+        inc: &Manifest,
+        stop: Option<&Stop>,
+    ) -> Result<(), String> {
+        let dir = self
+            .work_dir()
+            .join(format!("replay-{}", Purpose::Verify.tag()));
+        let result = async {
+            let load = Mariadb::unpack(&dir).map_err(|e| e.to_string())?;
+            let loaded = self
+                .load_into(store, inc, load, &format!("fetch {}", inc.id))
+                .await
+                .map_err(|e| e.to_string())?;
+            check_loaded(&loaded, inc)?;
+            let start = inc
+                .from_position
+                .as_deref()
+                .and_then(LogPosition::parse)
+                .map(|p| p.offset);
+            engine
+                .replay(staged, &dir, &inc.logs, start, stop)
+                .await
+                .map_err(|e| format!("replaying {}: {e}", inc.id))
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+}
+
+fn check_loaded(loaded: &Loaded, m: &Manifest) -> Result<(), String> {
+    if let Err(e) = &loaded.opened.result {
+        let tool = loaded
+            .load
+            .as_ref()
+            .err()
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default();
+        return Err(format!("{}: {e}{tool}", m.id));
+    }
+    loaded.load.clone()?;
+    if loaded.opened.plaintext.1 != m.plaintext.sha256 {
+        return Err(format!(
+            "{}: the plaintext's sha256 differs from the manifest",
+            m.id
+        ));
+    }
+    Ok(())
+}
+
+fn same_tables(ins: &Inspection, m: &Manifest) -> Result<(), String> {
+    if ins.tables == m.tables {
+        return Ok(());
+    }
+    let diff: Vec<String> = m
+        .tables
+        .iter()
+        .filter(|(t, n)| ins.tables.get(*t) != Some(n))
+        .map(|(t, n)| format!("{t}: {} of {n}", ins.tables.get(t).copied().unwrap_or(0)))
+        .collect();
+    Err(format!(
+        "the staged copy does not match the manifest: {}",
+        diff.join(", ")
+    ))
 }

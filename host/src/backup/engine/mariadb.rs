@@ -5,10 +5,29 @@ use super::{
     Dump, DumpFacts, EngineError, Inspection, Load, Place, Purpose, Server, drain_stderr, io_err,
     scan, scratch_name, tool_version, wait_tool,
 };
+use crate::backup::manifest::LogPosition;
 use sqlx::mysql::MySqlConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// Where a point-in-time replay stops.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// Before the first event at or after this moment (UTC).
+    Time(chrono::DateTime<chrono::Utc>),
+    /// Before the first event at or after this position.
+    Position(LogPosition),
+}
+
+/// An incremental in the making: its binary logs, fetched, and the position
+/// where the next one starts.
+pub struct Incremental {
+    pub dump: Dump,
+    pub logs: Vec<String>,
+    pub next: LogPosition,
+}
 
 pub struct Mariadb {
     pub server: Server,
@@ -42,8 +61,10 @@ impl Mariadb {
     fn tool(&self, name: &str) -> Command {
         let mut cmd = Command::new(name);
         cmd.arg(format!("--host={}", self.server.host))
-            .arg(format!("--user={}", self.server.user))
-            .arg("--default-character-set=utf8mb4");
+            .arg(format!("--user={}", self.server.user));
+        if name != "mariadb-binlog" {
+            cmd.arg("--default-character-set=utf8mb4");
+        }
         if let Some(p) = self.server.port {
             cmd.arg("--protocol=TCP").arg(format!("--port={p}"));
         }
@@ -102,6 +123,214 @@ impl Mariadb {
                 })
             }),
         })
+    }
+
+    /// Closes the current binary log (`FLUSH BINARY LOGS`) and streams every
+    /// log from `from.file` up to it as a tar of the raw files, fetched from
+    /// the server with `mariadb-binlog --read-from-remote-server --raw`.
+    pub async fn incremental(
+        &self,
+        from: &LogPosition,
+        work: &Path,
+    ) -> Result<Incremental, EngineError> {
+        let mut conn = self.connect().await?;
+        sqlx::raw_sql("FLUSH BINARY LOGS")
+            .execute(&mut conn)
+            .await
+            .map_err(db_err(
+                "FLUSH BINARY LOGS (the account needs RELOAD or BINLOG ADMIN)",
+            ))?;
+        let rows = sqlx::raw_sql("SHOW BINARY LOGS")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(db_err("SHOW BINARY LOGS"))?;
+        let _ = conn.close().await;
+        let names: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .collect();
+        let Some(active) = names.last().cloned() else {
+            return Err(EngineError::Db(
+                "the server lists no binary logs: is log_bin on?".into(),
+            ));
+        };
+        let Some(first) = names.iter().position(|n| *n == from.file) else {
+            return Err(EngineError::Db(format!(
+                "binary log {} (where the previous backup ends) is no longer on the server: \
+                 it was purged before it was archived; take a full backup",
+                from.file
+            )));
+        };
+        let logs: Vec<String> = names[first..names.len() - 1].to_vec();
+        let dir = work.join(format!("binlogs-{}", Purpose::Verify.tag()));
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut fetch = self.tool("mariadb-binlog");
+        fetch
+            .args(["--read-from-remote-server", "--raw"])
+            .arg(format!("--result-file={}/", dir.display()))
+            .args(&logs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let fetched = tokio::task::spawn_blocking(move || {
+            let mut child = fetch.spawn().map_err(io_err("starting mariadb-binlog"))?;
+            let errors = drain_stderr(child.stderr.take());
+            wait_tool("mariadb-binlog", child, errors)
+        })
+        .await
+        .map_err(|e| EngineError::Db(format!("fetch task: {e}")))?;
+        if let Err(e) = fetched {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        let mut tar = Command::new("tar");
+        tar.arg("-C")
+            .arg(&dir)
+            .arg("-cf")
+            .arg("-")
+            .args(&logs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = tar.spawn().map_err(io_err("starting tar"))?;
+        let stdout = child.stdout.take().ok_or_else(|| EngineError::Tool {
+            tool: "tar".into(),
+            message: "no stdout".into(),
+        })?;
+        let errors = drain_stderr(child.stderr.take());
+        Ok(Incremental {
+            dump: Dump {
+                reader: Box::new(stdout),
+                finish: Box::new(move || {
+                    let r = wait_tool("tar", child, errors);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    r?;
+                    Ok(DumpFacts {
+                        tables: BTreeMap::new(),
+                        position: None,
+                        tools: BTreeMap::from([
+                            ("mariadb-binlog".to_string(), tool_version("mariadb-binlog")),
+                            ("tar".to_string(), tool_version("tar")),
+                        ]),
+                    })
+                }),
+            },
+            logs,
+            next: LogPosition {
+                file: active,
+                offset: 4,
+            },
+        })
+    }
+
+    /// Decodes every event of the binary logs in `dir` (the incremental's
+    /// "restorable" check: what a replay would read).
+    pub fn decode_check(dir: &Path, logs: &[String]) -> Result<String, EngineError> {
+        let mut cmd = Command::new("mariadb-binlog");
+        cmd.args(logs.iter().map(|l| dir.join(l)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(io_err("starting mariadb-binlog"))?;
+        let errors = drain_stderr(child.stderr.take());
+        wait_tool("mariadb-binlog", child, errors)?;
+        Ok(format!(
+            "mariadb-binlog decoded every event of {} log(s)",
+            logs.len()
+        ))
+    }
+
+    /// Unpacks an incremental's tar into `dir`.
+    pub fn unpack(dir: &Path) -> Result<Load, EngineError> {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut child = Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .arg("-xf")
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err("starting tar"))?;
+        let stdin = child.stdin.take().ok_or_else(|| EngineError::Tool {
+            tool: "tar".into(),
+            message: "no stdin".into(),
+        })?;
+        let errors = drain_stderr(child.stderr.take());
+        Ok(Load {
+            place: Place::File(dir.to_path_buf()),
+            sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
+            finish: Box::new(move || wait_tool("tar", child, errors).map(|_| ())),
+        })
+    }
+
+    /// Replays the source database's events from binary logs in `dir` into
+    /// the staged database: `mariadb-binlog --database=SRC --rewrite-db=SRC->STAGED`
+    /// piped into `mariadb`. `start` applies to the first file, `stop` ends it.
+    pub async fn replay(
+        &self,
+        staged: &Place,
+        dir: &Path,
+        logs: &[String],
+        start: Option<u64>,
+        stop: Option<&Stop>,
+    ) -> Result<(), EngineError> {
+        let Place::Database(db) = staged else {
+            return Err(EngineError::Config("a MariaDB copy is a database".into()));
+        };
+        let mut files: Vec<PathBuf> = logs.iter().map(|l| dir.join(l)).collect();
+        let mut binlog = Command::new("mariadb-binlog");
+        binlog
+            .arg(format!("--database={}", self.server.database))
+            .arg(format!("--rewrite-db={}->{db}", self.server.database))
+            // --stop-datetime is read in the client's time zone.
+            .env("TZ", "UTC");
+        if let Some(p) = start {
+            binlog.arg(format!("--start-position={p}"));
+        }
+        match stop {
+            Some(Stop::Time(t)) => {
+                binlog.arg(format!("--stop-datetime={}", t.format("%Y-%m-%d %H:%M:%S")));
+            }
+            Some(Stop::Position(p)) => {
+                // --stop-position applies to the last file named.
+                if let Some(i) = logs.iter().position(|l| *l == p.file) {
+                    files.truncate(i + 1);
+                    binlog.arg(format!("--stop-position={}", p.offset));
+                }
+            }
+            None => {}
+        }
+        binlog
+            .args(&files)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut apply = self.tool("mariadb");
+        apply
+            .arg(format!("--database={db}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        tokio::task::spawn_blocking(move || {
+            let mut reader = binlog.spawn().map_err(io_err("starting mariadb-binlog"))?;
+            let read_errors = drain_stderr(reader.stderr.take());
+            let events = reader.stdout.take().ok_or_else(|| EngineError::Tool {
+                tool: "mariadb-binlog".into(),
+                message: "no stdout".into(),
+            })?;
+            let mut writer = apply
+                .stdin(Stdio::from(events))
+                .spawn()
+                .map_err(io_err("starting mariadb"))?;
+            let write_errors = drain_stderr(writer.stderr.take());
+            let applied = wait_tool("mariadb (replaying binary logs)", writer, write_errors);
+            let read = wait_tool("mariadb-binlog", reader, read_errors);
+            read?;
+            applied.map(|_| ())
+        })
+        .await
+        .map_err(|e| EngineError::Db(format!("replay task: {e}")))?
     }
 
     pub async fn load(&self, purpose: Purpose) -> Result<Load, EngineError> {
