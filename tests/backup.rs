@@ -1045,3 +1045,132 @@ async fn point_in_time_recovery_replays_the_binary_logs_up_to_the_point_before_t
         1000
     );
 }
+
+// ---- drhost killed with SIGKILL in the middle ----
+
+/// `drhost backup …` as a child process with this setup's configuration.
+fn drhost_child(s: &Setup, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_drhost"))
+        .args(args)
+        .arg("--config")
+        .arg(s.path("drhost.toml"))
+        .env("DRHOST_STATE_DIR", s.path("state"))
+        .env("DRHOST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn kill_when(child: &mut tokio::process::Child, reached: &tokio::sync::Notify) {
+    tokio::time::timeout(std::time::Duration::from_secs(120), reached.notified())
+        .await
+        .expect("the transfer reached the stalled proxy");
+    child.start_kill().unwrap(); // SIGKILL
+    let status = child.wait().await.unwrap();
+    assert!(!status.success());
+}
+
+#[tokio::test]
+async fn a_backup_killed_mid_upload_leaves_no_manifest_and_the_next_one_succeeds() {
+    let (_db, url) = mariadb_database(60_000).await;
+    let bucket = new_bucket().await;
+    let (proxy, reached) =
+        stalling_proxy(s3_endpoint().trim_start_matches("http://").into(), 1 << 20).await;
+    let s = Setup::new();
+    let body = |endpoint: &str| {
+        format!(
+            "zstd-level = 1\n[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n{}[targets.local]\npath = \"local\"\n",
+            s3_target("primary", &bucket, endpoint)
+        )
+    };
+    s.config(&body(&format!("http://{proxy}")));
+    let mut child = drhost_child(&s, &["backup", "create", "shop"]);
+    kill_when(&mut child, &reached).await;
+
+    let b = s.backups(&body(&s3_endpoint())).await;
+    assert!(
+        b.list(Some("shop")).await.unwrap().is_empty(),
+        "no manifest on any target"
+    );
+    let listed = s3_admin()
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(listed.contents().is_empty(), "{:?}", listed.contents());
+
+    let m = b.create("shop", Kind::Full).await.unwrap().manifest;
+    let reports = b.verify("shop", &m.id, &[]).await.unwrap();
+    reports.iter().for_each(assert_all_pass);
+    // Whatever the killed backup left on the local target has no manifest:
+    // prune removes it once it is a day old, and nothing of the new backup.
+    let later = chrono::Utc::now() + chrono::Duration::days(2);
+    b.prune_at(later, false).await.unwrap();
+    for store in &b.stores {
+        let keys: Vec<String> = store
+            .objects("shop")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys.len(), 2, "{}: {keys:?}", store.name);
+        assert!(keys.iter().all(|k| k.contains(&m.id)), "{keys:?}");
+    }
+    assert!(
+        b.verify("shop", &m.id, &[])
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.passed())
+    );
+}
+
+#[tokio::test]
+async fn a_restore_killed_mid_download_leaves_the_target_as_it_was_and_the_next_one_succeeds() {
+    let (db, url) = mariadb_database(60_000).await;
+    let bucket = new_bucket().await;
+    let s = Setup::new();
+    let body = |endpoint: &str| {
+        format!(
+            "[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n{}",
+            s3_target("primary", &bucket, endpoint)
+        )
+    };
+    let b = s.backups(&body(&s3_endpoint())).await;
+    b.create("shop", Kind::Full).await.unwrap();
+    let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    c.execute("DELETE FROM items WHERE id > 100").await.unwrap();
+
+    let (proxy, reached) =
+        stalling_proxy(s3_endpoint().trim_start_matches("http://").into(), 1 << 20).await;
+    s.config(&body(&format!("http://{proxy}")));
+    let mut child = drhost_child(&s, &["backup", "restore", "latest", "--to", "shop"]);
+    kill_when(&mut child, &reached).await;
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT COUNT(*) FROM items").await,
+        100,
+        "target untouched"
+    );
+
+    let b = s.backups(&body(&s3_endpoint())).await;
+    b.restore("shop", "latest", "shop", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT COUNT(*) FROM items").await,
+        60_000
+    );
+    assert_eq!(
+        mariadb_scalar(
+            &db,
+            &format!("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE '{db}_drhost%'")
+        )
+        .await,
+        0,
+        "the interrupted restore's staging database is gone"
+    );
+}

@@ -216,6 +216,18 @@ pub fn flush(caps: &Arc<Caps>) {
 /// bytes have passed through it in either direction: a server vanishing
 /// mid-transfer. Returns the proxy's host:port.
 pub async fn vanishing_proxy(upstream: String, limit: u64) -> String {
+    proxy(upstream, limit, false).await.0
+}
+
+/// A TCP proxy that, once `limit` bytes have passed, stops forwarding but
+/// keeps every connection open: a transfer hung in the middle. The `Notify`
+/// fires when that point is reached (a permit is stored, so waiting after
+/// the fact returns at once).
+pub async fn stalling_proxy(upstream: String, limit: u64) -> (String, Arc<tokio::sync::Notify>) {
+    proxy(upstream, limit, true).await
+}
+
+async fn proxy(upstream: String, limit: u64, stall: bool) -> (String, Arc<tokio::sync::Notify>) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -223,6 +235,8 @@ pub async fn vanishing_proxy(upstream: String, limit: u64) -> String {
     let seen = Arc::new(AtomicU64::new(0));
     let dead = Arc::new(AtomicBool::new(false));
     let cut = Arc::new(tokio::sync::Notify::new());
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let reached2 = reached.clone();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -230,7 +244,7 @@ pub async fn vanishing_proxy(upstream: String, limit: u64) -> String {
                 _ = cut.notified() => return,
             };
             let Ok((client, _)) = accepted else { return };
-            if dead.load(Ordering::SeqCst) {
+            if dead.load(Ordering::SeqCst) && !stall {
                 return;
             }
             let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
@@ -245,11 +259,17 @@ pub async fn vanishing_proxy(upstream: String, limit: u64) -> String {
                 ),
                 (Box::new(sr), Box::new(cw)),
             ] {
-                let (seen, dead, cut) = (seen.clone(), dead.clone(), cut.clone());
+                let (seen, dead, cut, reached) =
+                    (seen.clone(), dead.clone(), cut.clone(), reached2.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 << 10];
                     loop {
                         if dead.load(Ordering::SeqCst) {
+                            if stall {
+                                // Hold both ends open, forwarding nothing.
+                                let _keep = (from, to);
+                                std::future::pending::<()>().await;
+                            }
                             return;
                         }
                         let n = match from.read(&mut buf).await {
@@ -258,8 +278,11 @@ pub async fn vanishing_proxy(upstream: String, limit: u64) -> String {
                         };
                         if seen.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > limit {
                             dead.store(true, Ordering::SeqCst);
-                            cut.notify_one();
-                            return;
+                            reached.notify_one();
+                            if !stall {
+                                cut.notify_one();
+                            }
+                            continue;
                         }
                         if to.write_all(&buf[..n]).await.is_err() {
                             return;
@@ -269,5 +292,5 @@ pub async fn vanishing_proxy(upstream: String, limit: u64) -> String {
             }
         }
     });
-    addr.to_string()
+    (addr.to_string(), reached)
 }

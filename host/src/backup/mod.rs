@@ -18,7 +18,7 @@ pub use prune::{PruneReport, Pruned};
 pub use restore::RestoreReport;
 pub use verify::{CHECKS, Check, Status, VerifyReport, identical};
 
-use crate::caps::s3::{Backend, BackendError, local, remote};
+use crate::caps::s3::{Backend, BackendError, ObjectMeta, local, remote};
 use config::Config;
 use engine::{Engine, EngineError};
 use manifest::Manifest;
@@ -62,9 +62,8 @@ impl Store {
         }
     }
 
-    /// Every manifest of `source` on this target, oldest first. A manifest
-    /// that cannot be read is reported, not skipped silently.
-    pub async fn manifests(&self, source: &str) -> Result<Vec<Manifest>, BackupError> {
+    /// Every object under `source/` on this target (full keys).
+    pub async fn objects(&self, source: &str) -> Result<Vec<ObjectMeta>, BackupError> {
         let prefix = self.key(&format!("{source}/"));
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -74,14 +73,22 @@ impl Store {
                 .list(&prefix, token.as_deref(), 1000)
                 .await
                 .map_err(self.err())?;
-            for obj in page.objects {
-                if obj.key.ends_with(".manifest.json") {
-                    out.push(self.read_manifest(&obj.key).await?);
-                }
-            }
+            out.extend(page.objects);
             match page.next_token {
                 Some(t) => token = Some(t),
                 None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every manifest of `source` on this target, oldest first. A manifest
+    /// that cannot be read is reported, not skipped silently.
+    pub async fn manifests(&self, source: &str) -> Result<Vec<Manifest>, BackupError> {
+        let mut out = Vec::new();
+        for obj in self.objects(source).await? {
+            if obj.key.ends_with(".manifest.json") {
+                out.push(self.read_manifest(&obj.key).await?);
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

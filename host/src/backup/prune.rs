@@ -2,7 +2,9 @@
 //! the newest keep-last, and always the newest verified full backup (or the
 //! newest full when none is verified yet) with the incrementals after it.
 //! A manifest is deleted before its object, so a half-pruned backup is
-//! simply absent, never listed but unreadable.
+//! simply absent, never listed but unreadable. Data objects without a
+//! manifest (the remains of backups that failed or were killed) are removed
+//! once they are a day old: younger ones may belong to a backup in progress.
 
 use super::manifest::{Kind, Manifest};
 use super::{BackupError, Backups};
@@ -43,6 +45,8 @@ impl Backups {
         for store in &self.stores {
             for source in self.config.sources.keys() {
                 let all: Vec<Manifest> = store.manifests(source).await?;
+                self.prune_orphans(store, source, &all, now, dry_run, &mut report)
+                    .await?;
                 let anchor = all
                     .iter()
                     .rev()
@@ -97,5 +101,46 @@ impl Backups {
             }
         }
         Ok(report)
+    }
+}
+
+/// How old an object without a manifest must be before prune removes it.
+const ORPHAN_AGE_HOURS: i64 = 24;
+
+impl Backups {
+    async fn prune_orphans(
+        &self,
+        store: &super::Store,
+        source: &str,
+        manifests: &[Manifest],
+        now: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+        report: &mut PruneReport,
+    ) -> Result<(), BackupError> {
+        let referenced: std::collections::BTreeSet<String> =
+            manifests.iter().map(|m| store.key(&m.object)).collect();
+        let horizon = now - chrono::Duration::hours(ORPHAN_AGE_HOURS);
+        for obj in store.objects(source).await? {
+            let modified = chrono::DateTime::from_timestamp_millis(
+                i64::try_from(obj.last_modified_ms).unwrap_or(i64::MAX),
+            )
+            .unwrap_or(now);
+            if obj.key.ends_with(".manifest.json")
+                || referenced.contains(&obj.key)
+                || modified > horizon
+            {
+                continue;
+            }
+            if !dry_run {
+                store.backend.delete(&obj.key).await.map_err(store.err())?;
+            }
+            report.deleted.push(Pruned {
+                target: store.name.clone(),
+                source: source.to_string(),
+                id: obj.key.clone(),
+                reason: "remains of an incomplete backup (no manifest)".into(),
+            });
+        }
+        Ok(())
     }
 }
