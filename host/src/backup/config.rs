@@ -71,6 +71,8 @@ pub enum SourceKind {
     Sqlite,
     Mariadb,
     Postgres,
+    /// Objects under a prefix of a bucket (or local directory).
+    Objects,
 }
 
 impl fmt::Display for SourceKind {
@@ -79,19 +81,47 @@ impl fmt::Display for SourceKind {
             SourceKind::Sqlite => "sqlite",
             SourceKind::Mariadb => "mariadb",
             SourceKind::Postgres => "postgres",
+            SourceKind::Objects => "objects",
         })
     }
 }
 
-/// `[sources.<name>]`: a database to back up.
+/// `[sources.<name>]`: a database, or a prefix of objects, to back up.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Source {
     pub kind: SourceKind,
-    /// SQLite: the database file.
+    /// SQLite: the database file. Objects: a local directory acting as the bucket.
     pub path: Option<PathBuf>,
     /// MariaDB/PostgreSQL: connection URL (`env:NAME` recommended).
     pub url: Option<Secret>,
+    /// Objects: the bucket and the prefix backed up, and how to reach it
+    /// (the same fields as a target).
+    pub bucket: Option<String>,
+    #[serde(default)]
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+}
+
+impl Source {
+    /// Objects: where they live, as a target description.
+    pub fn store(&self) -> Target {
+        Target {
+            path: self.path.clone(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+        }
+    }
 }
 
 /// `[targets.<name>]`: where copies go. The same fields as an `[s3.<alias>]`
@@ -199,7 +229,32 @@ impl Config {
         }
         for (name, s) in &self.sources {
             check_name("sources", name)?;
+            let store_fields = s.bucket.is_some()
+                || !s.prefix.is_empty()
+                || s.endpoint.is_some()
+                || s.access_key_id.is_some();
+            if s.kind != SourceKind::Objects && store_fields {
+                return Err(format!(
+                    "[sources.{name}] bucket, prefix, endpoint and keys apply to kind = \"objects\" only"
+                ));
+            }
             match (s.kind, &s.path, &s.url) {
+                (SourceKind::Objects, path, None) => {
+                    if path.is_some() == s.bucket.is_some() {
+                        return Err(format!(
+                            "[sources.{name}] kind = \"objects\" needs exactly one of path = \"dir\" or bucket = \"name\""
+                        ));
+                    }
+                    if !s.prefix.is_empty() && !s.prefix.ends_with('/') {
+                        return Err(format!(
+                            "[sources.{name}] prefix {:?} must end with '/'",
+                            s.prefix
+                        ));
+                    }
+                }
+                (SourceKind::Objects, _, Some(_)) => {
+                    return Err(format!("[sources.{name}] kind = \"objects\" takes no url"));
+                }
                 (SourceKind::Sqlite, Some(_), None) => {}
                 (SourceKind::Sqlite, _, _) => {
                     return Err(format!(

@@ -242,27 +242,7 @@ impl Mariadb {
 
     /// Unpacks an incremental's tar into `dir`.
     pub fn unpack(dir: &Path) -> Result<Load, EngineError> {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let mut child = Command::new("tar")
-            .arg("-C")
-            .arg(dir)
-            .arg("-xf")
-            .arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io_err("starting tar"))?;
-        let stdin = child.stdin.take().ok_or_else(|| EngineError::Tool {
-            tool: "tar".into(),
-            message: "no stdin".into(),
-        })?;
-        let errors = drain_stderr(child.stderr.take());
-        Ok(Load {
-            place: Place::File(dir.to_path_buf()),
-            sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
-            finish: Box::new(move || wait_tool("tar", child, errors).map(|_| ())),
-        })
+        super::unpack_tar(dir)
     }
 
     /// Replays the source database's events from binary logs in `dir` into

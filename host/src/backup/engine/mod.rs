@@ -3,6 +3,7 @@
 //! (`mariadb-dump`, `pg_dump`, …) or SQLite's `VACUUM INTO`; bytes stream.
 
 pub mod mariadb;
+pub mod objects;
 pub mod postgres;
 pub mod scan;
 pub mod sqlite;
@@ -113,6 +114,7 @@ pub enum Engine {
     Sqlite(sqlite::Sqlite),
     Mariadb(mariadb::Mariadb),
     Postgres(postgres::Postgres),
+    Objects(objects::Objects),
 }
 
 impl Engine {
@@ -123,6 +125,11 @@ impl Engine {
         work: PathBuf,
     ) -> Result<Self, EngineError> {
         Ok(match source.kind {
+            SourceKind::Objects => Engine::Objects(objects::Objects::new(
+                source.store(),
+                config.base.clone(),
+                work,
+            )),
             SourceKind::Sqlite => {
                 let path = source
                     .path
@@ -153,6 +160,7 @@ impl Engine {
             Engine::Sqlite(_) => SourceKind::Sqlite,
             Engine::Mariadb(_) => SourceKind::Mariadb,
             Engine::Postgres(_) => SourceKind::Postgres,
+            Engine::Objects(_) => SourceKind::Objects,
         }
     }
 
@@ -162,6 +170,7 @@ impl Engine {
             Engine::Sqlite(_) => "sqlite",
             Engine::Mariadb(_) => "sql",
             Engine::Postgres(_) => "pgdump",
+            Engine::Objects(_) => "objects.tar",
         }
     }
 
@@ -171,6 +180,7 @@ impl Engine {
             Engine::Sqlite(s) => s.path.display().to_string(),
             Engine::Mariadb(m) => format!("mariadb database {}", m.server.database),
             Engine::Postgres(p) => format!("postgres database {}", p.server.database),
+            Engine::Objects(o) => format!("objects at {}", o.describe()),
         }
     }
 
@@ -179,6 +189,7 @@ impl Engine {
             Engine::Sqlite(s) => s.dump().await,
             Engine::Mariadb(m) => m.dump().await,
             Engine::Postgres(p) => p.dump().await,
+            Engine::Objects(o) => o.dump().await,
         }
     }
 
@@ -190,6 +201,7 @@ impl Engine {
             Engine::Sqlite(s) => s.load(purpose).await,
             Engine::Mariadb(m) => m.load(purpose).await,
             Engine::Postgres(p) => p.load(purpose).await,
+            Engine::Objects(o) => o.load(purpose).await,
         }
     }
 
@@ -198,6 +210,7 @@ impl Engine {
             Engine::Sqlite(s) => s.inspect(place).await,
             Engine::Mariadb(m) => m.inspect(place).await,
             Engine::Postgres(p) => p.inspect(place).await,
+            Engine::Objects(o) => o.inspect(place).await,
         }
     }
 
@@ -207,6 +220,7 @@ impl Engine {
             Engine::Sqlite(s) => s.discard(place).await,
             Engine::Mariadb(m) => m.discard(place).await,
             Engine::Postgres(p) => p.discard(place).await,
+            Engine::Objects(o) => o.discard(place).await,
         }
     }
 
@@ -216,6 +230,7 @@ impl Engine {
             Engine::Sqlite(s) => s.swap_in(staged).await,
             Engine::Mariadb(m) => m.swap_in(staged).await,
             Engine::Postgres(p) => p.swap_in(staged).await,
+            Engine::Objects(o) => o.swap_in(staged).await,
         }
     }
 }
@@ -338,4 +353,30 @@ pub fn scratch_name(base: &str, tag: &str, max: usize) -> String {
     let mut name = format!("{base}_drhost_{clean}");
     name.truncate(max);
     name
+}
+
+/// Starts `tar -x` into `dir` (created), reading the archive from the sink.
+/// GNU tar refuses members that would land outside `dir`.
+pub fn unpack_tar(dir: &std::path::Path) -> Result<Load, EngineError> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let mut child = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-xf")
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io_err("starting tar"))?;
+    let stdin = child.stdin.take().ok_or_else(|| EngineError::Tool {
+        tool: "tar".into(),
+        message: "no stdin".into(),
+    })?;
+    let errors = drain_stderr(child.stderr.take());
+    Ok(Load {
+        place: Place::File(dir.to_path_buf()),
+        sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
+        finish: Box::new(move || wait_tool("tar", child, errors).map(|_| ())),
+    })
 }
