@@ -7,4 +7,5 @@ cd "$root"
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 plugins/python/hello/build.sh
+plugins/js/hello/build.sh
 cargo bench --bench runtime

@@ -379,10 +379,11 @@ fn run_finds_the_policy_beside_the_plugin() {
     assert_eq!(report["outcome"], "healthy");
 }
 
-#[tokio::test]
-async fn a_python_plugin_runs_and_keeps_its_state_like_a_rust_one() {
+/// Runs a hello plugin twice: healthy, counting its runs in its state, and
+/// loaded from the compile cache the second time.
+async fn runs_and_keeps_its_state(name: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = plugin_path("hello-py");
+    let wasm = plugin_path(name);
     let opts = || run_opts(dir.path(), Policy::deny_all());
     let first = orchestrator::run(runtime(), &wasm, opts()).await.unwrap();
     assert_eq!(
@@ -402,6 +403,16 @@ async fn a_python_plugin_runs_and_keeps_its_state_like_a_rust_one() {
     );
     let start = &audit::read(&second.audit_log).unwrap()[0].record;
     assert_eq!(start["compiled_from_cache"], true);
+}
+
+#[tokio::test]
+async fn a_python_plugin_runs_and_keeps_its_state_like_a_rust_one() {
+    runs_and_keeps_its_state("hello-py").await;
+}
+
+#[tokio::test]
+async fn a_javascript_plugin_runs_and_keeps_its_state_like_a_rust_one() {
+    runs_and_keeps_its_state("hello-js").await;
 }
 
 #[tokio::test]

@@ -316,7 +316,11 @@ async fn main() {
             .unwrap_or(0);
         (s.elapsed(), Duration::from_micros(load_us))
     };
-    for (name, target) in [("hello", "< 30 ms"), ("hello_py", "load < 10 ms")] {
+    for (name, target) in [
+        ("hello", "< 30 ms"),
+        ("hello_py", "load < 10 ms"),
+        ("hello_js", "load < 10 ms"),
+    ] {
         let wasm = plugin(name);
         let (first, first_load) = run(&wasm);
         let warm: Vec<(Duration, Duration)> = (0..15).map(|_| run(&wasm)).collect();
