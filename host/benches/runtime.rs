@@ -228,7 +228,36 @@ async fn main() {
     }
     let (m, r) = (median(ours.clone()), median(raw));
     row(
-        "instantiate + run-step (probe, precompiled)",
+        "instantiate + run-step (probe, 273 KB, precompiled)",
+        format!("{:.1} µs", us(m)),
+        "",
+        Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),
+    );
+    row("  p90", format!("{:.1} µs", us(p90(ours))), "", None);
+
+    // 1b. The same for the smallest plugin (tiny: one step that calls nothing).
+    let tiny_path = plugin("tiny");
+    runtime.load(&tiny_path).expect("compile once");
+    let tiny = runtime.load(&tiny_path).expect("load from cache");
+    for _ in 0..200 {
+        runtime
+            .run_step(&tiny, &caps, "noop", &[], budget)
+            .await
+            .expect("warm-up");
+    }
+    let mut ours = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        runtime
+            .run_step(&tiny, &caps, "noop", &[], budget)
+            .await
+            .expect("noop");
+        ours.push(start.elapsed());
+    }
+    let raw = raw_baseline(&tiny_path, iters, None).await;
+    let (m, r) = (median(ours.clone()), median(raw));
+    row(
+        "instantiate + run-step (tiny, precompiled)",
         format!("{:.1} µs", us(m)),
         "< 30 µs",
         Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),

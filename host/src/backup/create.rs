@@ -117,7 +117,18 @@ impl Backups {
             }));
         }
         let level = self.config.zstd_level;
-        let bar = Progress::new(self.progress, &format!("backup {source}"), None);
+        // The previous backup of this kind sizes the bar, so it can show an ETA.
+        let estimate = if self.progress {
+            self.newest(source)
+                .await
+                .ok()
+                .flatten()
+                .filter(|m| m.kind == kind)
+                .map(|m| m.plaintext.size)
+        } else {
+            None
+        };
+        let bar = Progress::new(self.progress, &format!("backup {source}"), estimate);
         let bar2 = bar.clone();
         let sealing = tokio::task::spawn_blocking(move || {
             let reader = bar2.reader(dump.reader);

@@ -38,8 +38,18 @@ pub struct Scanner {
 
 impl Scanner {
     pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.byte(b);
+        let mut i = 0;
+        while i < bytes.len() {
+            // Most of a dump is string contents inside INSERT values: jump to
+            // the next byte that can end the string instead of stepping.
+            if self.in_str && !self.escape && self.stmt_paren && self.comment.is_none() {
+                match memchr::memchr2(b'\'', b'\\', &bytes[i..]) {
+                    Some(n) => i += n,
+                    None => return,
+                }
+            }
+            self.byte(bytes[i]);
+            i += 1;
         }
     }
 
