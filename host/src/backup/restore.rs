@@ -92,7 +92,10 @@ impl Backups {
         let staged = loaded.place.clone();
         let checked = async {
             check_loaded(&loaded, &full)?;
-            let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
+            let ins = target
+                .inspect_loaded(&staged)
+                .await
+                .map_err(|e| e.to_string())?;
             ins.integrity.clone()?;
             same_tables(&ins, &full)?;
             if chain.is_empty() {

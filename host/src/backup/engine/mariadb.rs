@@ -356,6 +356,17 @@ impl Mariadb {
     }
 
     pub async fn inspect(&self, place: &Place) -> Result<Inspection, EngineError> {
+        self.inspect_with(place, true).await
+    }
+
+    /// Counts rows in every table, and with `check` runs `CHECK TABLE` on them
+    /// (several seconds per GiB: verification does it, a restore that has
+    /// just loaded a dump whose sha256 matched relies on the counts).
+    pub async fn inspect_with(
+        &self,
+        place: &Place,
+        check: bool,
+    ) -> Result<Inspection, EngineError> {
         let Place::Database(db) = place else {
             return Err(EngineError::Config("a MariaDB copy is a database".into()));
         };
@@ -372,6 +383,8 @@ impl Mariadb {
         }
         let integrity = if names.is_empty() {
             Ok("CHECK TABLE: no tables".to_string())
+        } else if !check {
+            Ok(format!("{} tables loaded and counted", names.len()))
         } else {
             let list: Vec<String> = names
                 .iter()
