@@ -520,7 +520,13 @@ async fn a_mariadb_backup_goes_to_s3_and_a_local_copy_and_restores_identically()
         0
     );
     assert_eq!(
-        mariadb_scalar(&db, "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'drhost_bk_%drhost%'").await,
+        mariadb_scalar(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE '{db}_drhost%'"
+            )
+        )
+        .await,
         0,
         "no staging or old databases are left behind"
     );
@@ -1291,4 +1297,45 @@ async fn a_prefix_of_objects_is_backed_up_with_its_metadata_verified_and_restore
         let bytes = got.body.collect().await.unwrap().into_bytes();
         assert_eq!(bytes.as_ref(), body.as_bytes(), "{key}");
     }
+}
+
+#[tokio::test]
+async fn a_mariadb_restore_brings_back_triggers_and_views_as_they_were() {
+    let (db, url) = mariadb_database(50).await;
+    let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    // Created under the server's default sql_mode, where `||` means OR.
+    sqlx::raw_sql(
+        "SET SESSION sql_mode = DEFAULT;
+         CREATE TABLE flags (a INT, b INT, flag INT);
+         CREATE TRIGGER flag_it BEFORE INSERT ON flags FOR EACH ROW SET NEW.flag = (NEW.a > 5 || NEW.b > 5);
+         CREATE VIEW big_items AS SELECT id FROM items WHERE id > 40;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let s = Setup::new();
+    let b = s
+        .backups(&format!("[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n[targets.local]\npath = \"local\"\n"))
+        .await;
+    b.create("shop", Kind::Full).await.unwrap();
+    sqlx::raw_sql("DROP VIEW big_items; DROP TRIGGER flag_it; DELETE FROM items")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    b.restore("shop", "latest", "shop", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT COUNT(*) FROM big_items").await,
+        10
+    );
+    sqlx::raw_sql("INSERT INTO flags (a, b) VALUES (9, 1)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT flag FROM flags WHERE a = 9").await,
+        1,
+        "the trigger kept its sql_mode: || is OR, not concatenation"
+    );
 }

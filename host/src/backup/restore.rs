@@ -125,7 +125,12 @@ impl Backups {
                 )));
             }
         };
-        target.swap_in(&staged).await?;
+        if let Err(e) = target.swap_in(&staged).await {
+            if let Err(d) = target.discard(&staged).await {
+                tracing::warn!("removing the staging copy {staged}: {d}");
+            }
+            return Err(e.into());
+        }
         tracing::info!(id = %full.id, to, "restore finished");
         Ok(RestoreReport {
             id: full.id.clone(),

@@ -431,8 +431,64 @@ impl Mariadb {
         Ok(())
     }
 
+    /// Every trigger in `db`: its name, the `SET sql_mode` it needs, and its
+    /// `CREATE TRIGGER` statement.
+    async fn trigger_statements(
+        conn: &mut MySqlConnection,
+        db: &str,
+    ) -> Result<Vec<(String, String, String)>, EngineError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(trigger_name AS CHAR) FROM information_schema.triggers \
+             WHERE trigger_schema = ? ORDER BY action_order",
+        )
+        .bind(db)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(format!("listing triggers of {db}")))?;
+        let mut out = Vec::new();
+        for name in names {
+            let row = sqlx::raw_sql(AssertSqlSafe(format!(
+                "SHOW CREATE TRIGGER {}.{}",
+                quote(db),
+                quote(&name)
+            )))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err(format!("reading trigger {name}")))?;
+            let mode: String = row
+                .try_get(1)
+                .map_err(db_err(format!("reading trigger {name}")))?;
+            let sql: String = row
+                .try_get(2)
+                .map_err(db_err(format!("reading trigger {name}")))?;
+            // A trigger body is parsed under the sql_mode it was created with
+            // (`||` is OR or concatenation depending on it): keep that mode.
+            let mode = mode.replace('\\', "\\\\").replace('\'', "''");
+            out.push((name, format!("SET SESSION sql_mode = '{mode}'"), sql));
+        }
+        Ok(out)
+    }
+
+    async fn run_all(
+        conn: &mut MySqlConnection,
+        statements: &[String],
+        what: &str,
+    ) -> Result<(), EngineError> {
+        for sql in statements {
+            sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err(what.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Moves the target's tables aside and the staged ones in, in one
     /// `RENAME TABLE` (atomic in MariaDB), then drops the old ones.
+    /// MariaDB refuses to move a table with triggers to another database, so
+    /// triggers are dropped around the rename (the target's come back if it
+    /// fails) and the restored ones are created afterwards; views of the
+    /// backup are created (or replaced) in the target.
     pub async fn swap_in(&self, staged: &Place) -> Result<(), EngineError> {
         let Place::Database(staged) = staged else {
             return Err(EngineError::Config("a MariaDB copy is a database".into()));
@@ -442,6 +498,35 @@ impl Mariadb {
         let mut conn = self.connect().await?;
         let current = Self::tables(&mut conn, target).await?;
         let incoming = Self::tables(&mut conn, staged).await?;
+        let target_triggers = Self::trigger_statements(&mut conn, target).await?;
+        let staged_triggers = Self::trigger_statements(&mut conn, staged).await?;
+        let views: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(table_name AS CHAR) FROM information_schema.views WHERE table_schema = ?",
+        )
+        .bind(staged.as_str())
+        .fetch_all(&mut conn)
+        .await
+        .map_err(db_err("listing the restored views"))?;
+        let mut view_sql = Vec::new();
+        for v in &views {
+            let row = sqlx::raw_sql(AssertSqlSafe(format!(
+                "SHOW CREATE VIEW {}.{}",
+                quote(staged),
+                quote(v)
+            )))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db_err(format!("reading view {v}")))?;
+            let sql: String = row
+                .try_get(1)
+                .map_err(db_err(format!("reading view {v}")))?;
+            // The stored definition names the staging database; it becomes the target.
+            let sql = sql.replace(
+                &format!("{}.", quote(staged)),
+                &format!("{}.", quote(target)),
+            );
+            view_sql.push(sql.replacen("CREATE ", "CREATE OR REPLACE ", 1));
+        }
         sqlx::raw_sql(AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {0}; CREATE DATABASE {0}",
             quote(&old)
@@ -449,6 +534,33 @@ impl Mariadb {
         .execute(&mut conn)
         .await
         .map_err(db_err(format!("preparing {old}")))?;
+        let drops = |db: &str, triggers: &[(String, String, String)]| -> Vec<String> {
+            triggers
+                .iter()
+                .map(|(n, _, _)| format!("DROP TRIGGER {}.{}", quote(db), quote(n)))
+                .collect()
+        };
+        let creates = |triggers: Vec<(String, String, String)>| -> Vec<String> {
+            let mut out: Vec<String> = triggers
+                .into_iter()
+                .flat_map(|(_, mode, sql)| [mode, sql])
+                .collect();
+            out.push("SET SESSION sql_mode = DEFAULT".into());
+            out
+        };
+        Self::run_all(
+            &mut conn,
+            &drops(staged, &staged_triggers),
+            "dropping staged triggers",
+        )
+        .await?;
+        Self::run_all(
+            &mut conn,
+            &drops(target, &target_triggers),
+            "dropping the target's triggers",
+        )
+        .await?;
+        let use_target = format!("USE {}", quote(target));
         let mut moves: Vec<String> = current
             .iter()
             .map(|t| {
@@ -471,13 +583,37 @@ impl Mariadb {
             )
         }));
         if !moves.is_empty() {
-            sqlx::raw_sql(AssertSqlSafe(format!("RENAME TABLE {}", moves.join(", "))))
-                .execute(&mut conn)
-                .await
-                .map_err(db_err(format!(
+            let renamed =
+                sqlx::raw_sql(AssertSqlSafe(format!("RENAME TABLE {}", moves.join(", "))))
+                    .execute(&mut conn)
+                    .await;
+            if let Err(e) = renamed {
+                // Nothing moved: give the target its triggers back.
+                let mut restore = vec![use_target.clone()];
+                restore.extend(creates(target_triggers));
+                let back =
+                    Self::run_all(&mut conn, &restore, "recreating the target's triggers").await;
+                let _ = sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE {}", quote(&old))))
+                    .execute(&mut conn)
+                    .await;
+                back?;
+                return Err(db_err(format!(
                     "swapping the restored tables into {target}"
-                )))?;
+                ))(e));
+            }
         }
+        let mut after = vec![use_target];
+        after.extend(creates(staged_triggers));
+        after.extend(view_sql);
+        Self::run_all(
+            &mut conn,
+            &after,
+            &format!(
+                "the restored tables are in place, but recreating their triggers and views failed \
+                 (the replaced tables are kept in database {old})"
+            ),
+        )
+        .await?;
         sqlx::raw_sql(AssertSqlSafe(format!(
             "DROP DATABASE {}; DROP DATABASE {}",
             quote(&old),
