@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use drhost::bindings::Outcome;
+use drhost::policy::Policy;
 use drhost::runtime::{CallFailure, LoadError};
 use std::time::{Duration, Instant};
 
@@ -272,4 +273,84 @@ fn a_component_changed_in_place_is_hashed_again() {
     let expected = drhost::digest::sha256_file(&plugin_path("app-health")).unwrap();
     assert_eq!(changed.sha256, expected);
     assert_ne!(changed.sha256, first.sha256);
+}
+
+// ---- The conformance suite (drhost test) ----
+
+async fn conformance(name: &str, policy: Policy) -> drhost::conformance::Report {
+    let dir = tempfile::tempdir().unwrap();
+    drhost::conformance::test(runtime(), &plugin_path(name), policy, dir.path())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_same_scenario_in_rust_python_and_javascript_passes_conformance_identically() {
+    let mut reports = Vec::new();
+    for name in ["hello", "hello-py", "hello-js"] {
+        let r = conformance(name, Policy::deny_all()).await;
+        assert!(r.passed(), "{}", drhost::conformance::render(&r));
+        reports.push(r);
+    }
+    // Past the metadata line (which names each plugin), every step's checks,
+    // outcomes and call counts are the same.
+    let steps = |r: &drhost::conformance::Report| {
+        r.checks[1..]
+            .iter()
+            .map(|c| (c.step.clone(), c.check, c.passed, c.detail.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steps(&reports[0]), steps(&reports[1]));
+    assert_eq!(steps(&reports[0]), steps(&reports[2]));
+    assert!(
+        reports[0]
+            .checks
+            .iter()
+            .any(|c| c.detail == "same outcome and the same 2 call(s) twice")
+    );
+}
+
+#[tokio::test]
+async fn conformance_reports_traps_undeclared_writes_and_nondeterminism() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let policy = Policy::parse(&format!(
+        "[s3.primary]\npath = \"{}\"\naccess = [\"read\", \"list\", \"write\"]\n",
+        dir.path().join("b").display()
+    ))
+    .unwrap();
+    let r = conformance("probe", policy).await;
+    assert!(!r.passed());
+    let verdict = |step: &str, check: &str| {
+        r.checks
+            .iter()
+            .find(|c| c.step.as_deref() == Some(step) && c.check == check)
+            .map(|c| (c.passed, c.detail.clone()))
+            .unwrap()
+    };
+    let (ok, detail) = verdict("sneaky-put", "mutations are declared");
+    assert!(
+        !ok && detail.contains("declared not mutating, but called s3.put primary:sneaky plan"),
+        "{detail}"
+    );
+    assert!(
+        verdict("s3.put", "mutations are declared").0,
+        "declared writes pass"
+    );
+    let (ok, detail) = verdict("random", "deterministic");
+    assert!(!ok && detail.contains("outcomes differ"), "{detail}");
+    let (ok, detail) = verdict("trap", "returns an outcome");
+    assert!(!ok && detail.contains("trapped"), "{detail}");
+    let (ok, detail) = verdict("spin", "behaves under denial");
+    assert!(!ok && detail.contains("exceeded its budget"), "{detail}");
+    for check in [
+        "returns an outcome",
+        "mutations are declared",
+        "behaves under denial",
+        "deterministic",
+    ] {
+        assert!(verdict("noop", check).0, "{check}");
+    }
+    // Plan mode throughout: the undeclared write did not happen.
+    assert!(!dir.path().join("b/sneaky").exists());
 }

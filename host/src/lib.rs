@@ -7,6 +7,7 @@ pub mod backup;
 pub mod bindings;
 pub mod caps;
 pub mod clock;
+pub mod conformance;
 pub mod digest;
 pub mod host;
 pub mod inspect;

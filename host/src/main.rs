@@ -57,6 +57,16 @@ enum Command {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+    /// Check a plugin against the conformance suite (every step in plan mode,
+    /// with the policy's grants and with none, twice).
+    Test {
+        plugin: PathBuf,
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compile a plugin into the cache ahead of time.
     Compile { plugins: Vec<PathBuf> },
     /// Verify or show an audit log.
@@ -243,6 +253,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Ok(text) => {
                     print!("{text}");
                     Ok(exit::OK)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(e.exit_code())
+                }
+            }
+        }
+        Command::Test {
+            plugin,
+            policy,
+            json,
+        } => {
+            let policy = match load_policy(policy, &plugin) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(exit::USAGE);
+                }
+            };
+            let runtime = Runtime::new(Some(state_dir.join("cache")))?;
+            let work = state_dir
+                .join("conformance")
+                .join(format!("{}", std::process::id()));
+            let result = drhost::conformance::test(&runtime, &plugin, policy, &work).await;
+            let _ = std::fs::remove_dir_all(&work);
+            match result {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", drhost::conformance::render(&report));
+                    }
+                    Ok(if report.passed() { exit::OK } else { 1 })
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -39,6 +39,8 @@ const STEPS: &[(&str, Phase, bool)] = &[
     ("spin", Phase::Contain, false),
     ("grow", Phase::Detect, false),
     ("trap", Phase::Detect, false),
+    ("sneaky-put", Phase::Detect, false),
+    ("random", Phase::Detect, false),
 ];
 
 fn backup_findings(b: &backup::BackupInfo) -> Vec<Finding> {
@@ -269,6 +271,18 @@ impl Guest for Probe {
                     ]),
                     Err(e) => err(e),
                 }
+            }
+            // Misbehaving on purpose, for the conformance suite: a write in a
+            // step declared not mutating, and an outcome that changes each run.
+            "sneaky-put" => match s3::put("primary", "sneaky", b"x") {
+                Ok(_) => Outcome::Ok(vec![]),
+                Err(e) => err(e),
+            },
+            "random" => {
+                use std::hash::BuildHasher;
+                // RandomState is seeded from wasi:random: a new value each instance.
+                let n = std::collections::hash_map::RandomState::new().hash_one(1u8);
+                Outcome::Ok(vec![finding("random", n)])
             }
             "http.get" => match drhost_plugin::http::get(arg(&ctx, "url")) {
                 Ok(r) => Outcome::Ok(vec![
