@@ -457,3 +457,49 @@ async fn plan_mode_records_mutating_calls_without_executing_them() {
             || l.record.get("decision").and_then(|d| d.as_str()) == Some("plan")
     }));
 }
+
+/// `drhost new` in each language: the project builds with its own script and
+/// passes the conformance suite unchanged.
+#[tokio::test]
+async fn drhost_new_writes_projects_that_build_and_pass_conformance_in_each_language() {
+    use drhost::scaffold::{Lang, create};
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (name, lang) in [
+        ("check-rs", Lang::Rust),
+        ("check-py", Lang::Python),
+        ("check-js", Lang::Js),
+    ] {
+        let project = dir.path().join(name);
+        let files = create(&project, name, lang).unwrap();
+        assert!(
+            files
+                .iter()
+                .any(|f| f.ends_with(format!("{name}.policy.toml")))
+        );
+        let out = std::process::Command::new(project.join("build.sh"))
+            // Reuse what the test command already built and installed.
+            .env("CARGO_TARGET_DIR", root.join("plugins/target"))
+            .env(
+                "COMPONENTIZE_JS",
+                root.join("plugins/js/node_modules/.bin/componentize-js"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wasm = project.join(format!("{name}.wasm"));
+        let policy = Policy::load(&project.join(format!("{name}.policy.toml"))).unwrap();
+        let report = drhost::conformance::test(runtime(), &wasm, policy, &dir.path().join("work"))
+            .await
+            .unwrap();
+        assert!(report.passed(), "{}", drhost::conformance::render(&report));
+    }
+    let e = create(&dir.path().join("check-rs"), "check-rs", Lang::Rust).unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    let e = create(&dir.path().join("x"), "Bad Name", Lang::Rust).unwrap_err();
+    assert!(e.to_string().contains("lowercase"), "{e}");
+}

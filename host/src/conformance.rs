@@ -166,6 +166,12 @@ pub async fn test(
             Err(e) => e.clone(),
         },
     });
+    // A directory of this run's own inside `work`: earlier runs' logs stay apart.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let work = &work.join(format!("{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(work)
         .map_err(|e| RunError::Config(format!("{}: {e}", work.display())))?;
     for (i, step) in info.steps.iter().enumerate() {

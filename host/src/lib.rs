@@ -15,6 +15,7 @@ pub mod orchestrator;
 pub mod policy;
 pub mod quickstart;
 pub mod runtime;
+pub mod scaffold;
 
 /// The wasmtime version drhost is built with (recorded in every audit log).
 pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -67,6 +67,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new plugin project (source, WIT, policy, README, build script).
+    New {
+        name: String,
+        /// rust, python or js.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to write it; default: ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Compile a plugin into the cache ahead of time.
     Compile { plugins: Vec<PathBuf> },
     /// Verify or show an audit log.
@@ -290,6 +300,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Err(e) => {
                     eprintln!("error: {e}");
                     Ok(e.exit_code())
+                }
+            }
+        }
+        Command::New { name, lang, dir } => {
+            let lang: drhost::scaffold::Lang = match lang.parse() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(exit::USAGE);
+                }
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            match drhost::scaffold::create(&dir, &name, lang) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!("next: see {}", dir.join("README.md").display());
+                    Ok(exit::OK)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(exit::USAGE)
                 }
             }
         }
