@@ -27,6 +27,8 @@ say "plugins"
 cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 plugins/python/hello/build.sh "$root/plugins/target/wasm32-wasip2/release/hello_py.wasm"
 plugins/js/hello/build.sh "$root/plugins/target/wasm32-wasip2/release/hello_js.wasm"
+plugins/python/storage-failover/build.sh
+plugins/js/storage-failover/build.sh
 export DRHOST_TEST_PLUGINS="$root/plugins/target/wasm32-wasip2/release"
 
 say "S3 test server (moto 5.1.22)"

@@ -503,3 +503,63 @@ async fn drhost_new_writes_projects_that_build_and_pass_conformance_in_each_lang
     let e = create(&dir.path().join("x"), "Bad Name", Lang::Rust).unwrap_err();
     assert!(e.to_string().contains("lowercase"), "{e}");
 }
+
+/// The same scenario in Rust, Python and JavaScript, against the same damage:
+/// the same outcomes, findings and sequence of capability calls.
+#[tokio::test]
+async fn storage_failover_in_three_languages_recovers_with_the_same_calls() {
+    let mut seen = Vec::new();
+    for name in [
+        "storage-failover",
+        "storage-failover-py",
+        "storage-failover-js",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
+        let policy = Policy::load(&storage_policy(dir.path())).unwrap();
+        let report = orchestrator::run(runtime(), &plugin_path(name), run_opts(dir.path(), policy))
+            .await
+            .unwrap();
+        assert_eq!(
+            report.outcome,
+            "recovered",
+            "{name}: {}",
+            orchestrator::render_table(&report)
+        );
+        // Outcomes and findings, except the canary's key (it holds the time).
+        let steps: Vec<(String, String, Vec<(String, String)>)> = report
+            .steps
+            .iter()
+            .map(|s| {
+                let findings = s
+                    .findings
+                    .iter()
+                    .filter(|(k, _)| k != "canary")
+                    .cloned()
+                    .collect();
+                (s.id.clone(), s.outcome.clone(), findings)
+            })
+            .collect();
+        let calls: Vec<String> = audit::read(&report.audit_log)
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.record["type"] == "call")
+            .map(|l| {
+                let r = &l.record;
+                let target = r["target"].as_str().unwrap_or("");
+                // The canary key holds the time: keep only its folder.
+                let target = target.split(".drhost-canary/").next().unwrap_or(target);
+                format!(
+                    "{} {}.{} {} {}",
+                    r["step"], r["interface"], r["op"], target, r["decision"]
+                )
+            })
+            .collect();
+        assert!(calls.len() > 20, "{name}: {calls:?}");
+        seen.push((name, steps, calls));
+    }
+    for (name, steps, calls) in &seen[1..] {
+        assert_eq!(steps, &seen[0].1, "{name}: outcomes and findings");
+        assert_eq!(calls, &seen[0].2, "{name}: capability calls");
+    }
+}
