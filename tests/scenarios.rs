@@ -504,6 +504,9 @@ async fn drhost_new_writes_projects_that_build_and_pass_conformance_in_each_lang
     assert!(e.to_string().contains("lowercase"), "{e}");
 }
 
+/// A step's id, outcome and findings.
+type StepTrace = (String, String, Vec<(String, String)>);
+
 /// The same scenario in Rust, Python and JavaScript, against the same damage:
 /// the same outcomes, findings and sequence of capability calls.
 #[tokio::test]
@@ -527,7 +530,7 @@ async fn storage_failover_in_three_languages_recovers_with_the_same_calls() {
             orchestrator::render_table(&report)
         );
         // Outcomes and findings, except the canary's key (it holds the time).
-        let steps: Vec<(String, String, Vec<(String, String)>)> = report
+        let steps: Vec<StepTrace> = report
             .steps
             .iter()
             .map(|s| {
