@@ -1300,7 +1300,7 @@ async fn a_prefix_of_objects_is_backed_up_with_its_metadata_verified_and_restore
 }
 
 #[tokio::test]
-async fn a_mariadb_restore_brings_back_triggers_and_views_as_they_were() {
+async fn a_mariadb_restore_brings_back_triggers_views_and_functions_as_they_were() {
     let (db, url) = mariadb_database(50).await;
     let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
     // Created under the server's default sql_mode, where `||` means OR.
@@ -1308,7 +1308,8 @@ async fn a_mariadb_restore_brings_back_triggers_and_views_as_they_were() {
         "SET SESSION sql_mode = DEFAULT;
          CREATE TABLE flags (a INT, b INT, flag INT);
          CREATE TRIGGER flag_it BEFORE INSERT ON flags FOR EACH ROW SET NEW.flag = (NEW.a > 5 || NEW.b > 5);
-         CREATE VIEW big_items AS SELECT id FROM items WHERE id > 40;",
+         CREATE VIEW big_items AS SELECT id FROM items WHERE id > 40;
+         CREATE FUNCTION doubled(x INT) RETURNS INT DETERMINISTIC RETURN x * 2;",
     )
     .execute(&mut c)
     .await
@@ -1318,10 +1319,12 @@ async fn a_mariadb_restore_brings_back_triggers_and_views_as_they_were() {
         .backups(&format!("[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n[targets.local]\npath = \"local\"\n"))
         .await;
     b.create("shop", Kind::Full).await.unwrap();
-    sqlx::raw_sql("DROP VIEW big_items; DROP TRIGGER flag_it; DELETE FROM items")
-        .execute(&mut c)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "DROP VIEW big_items; DROP TRIGGER flag_it; DROP FUNCTION doubled; DELETE FROM items",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
     b.restore("shop", "latest", "shop", None, None)
         .await
         .unwrap();
@@ -1329,6 +1332,7 @@ async fn a_mariadb_restore_brings_back_triggers_and_views_as_they_were() {
         mariadb_scalar(&db, "SELECT COUNT(*) FROM big_items").await,
         10
     );
+    assert_eq!(mariadb_scalar(&db, "SELECT doubled(21)").await, 42);
     sqlx::raw_sql("INSERT INTO flags (a, b) VALUES (9, 1)")
         .execute(&mut c)
         .await

@@ -469,6 +469,55 @@ impl Mariadb {
         Ok(out)
     }
 
+    /// Statements that put the stored procedures and functions of `staged`
+    /// into `target` (replacing same-named ones), each under its sql_mode.
+    async fn routine_statements(
+        conn: &mut MySqlConnection,
+        staged: &str,
+        target: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT CAST(routine_name AS CHAR), CAST(routine_type AS CHAR) \
+             FROM information_schema.routines WHERE routine_schema = ?",
+        )
+        .bind(staged)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err(format!("listing routines of {staged}")))?;
+        let mut out = Vec::new();
+        for (name, kind) in rows {
+            let kind = if kind.eq_ignore_ascii_case("FUNCTION") {
+                "FUNCTION"
+            } else {
+                "PROCEDURE"
+            };
+            let row = sqlx::raw_sql(AssertSqlSafe(format!(
+                "SHOW CREATE {kind} {}.{}",
+                quote(staged),
+                quote(&name)
+            )))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err(format!("reading {kind} {name}")))?;
+            let mode: String = row
+                .try_get(1)
+                .map_err(db_err(format!("reading {kind} {name}")))?;
+            let sql: String = row
+                .try_get(2)
+                .map_err(db_err(format!("reading {kind} {name}")))?;
+            let mode = mode.replace('\\', "\\\\").replace('\'', "''");
+            out.push(format!(
+                "DROP {kind} IF EXISTS {}.{}",
+                quote(target),
+                quote(&name)
+            ));
+            out.push(format!("SET SESSION sql_mode = '{mode}'"));
+            out.push(sql);
+        }
+        out.push("SET SESSION sql_mode = DEFAULT".into());
+        Ok(out)
+    }
+
     async fn run_all(
         conn: &mut MySqlConnection,
         statements: &[String],
@@ -488,7 +537,8 @@ impl Mariadb {
     /// MariaDB refuses to move a table with triggers to another database, so
     /// triggers are dropped around the rename (the target's come back if it
     /// fails) and the restored ones are created afterwards; views of the
-    /// backup are created (or replaced) in the target.
+    /// backup are created (or replaced) in the target, and so are its stored
+    /// procedures and functions.
     pub async fn swap_in(&self, staged: &Place) -> Result<(), EngineError> {
         let Place::Database(staged) = staged else {
             return Err(EngineError::Config("a MariaDB copy is a database".into()));
@@ -500,6 +550,7 @@ impl Mariadb {
         let incoming = Self::tables(&mut conn, staged).await?;
         let target_triggers = Self::trigger_statements(&mut conn, target).await?;
         let staged_triggers = Self::trigger_statements(&mut conn, staged).await?;
+        let routines = Self::routine_statements(&mut conn, staged, target).await?;
         let views: Vec<String> = sqlx::query_scalar(
             "SELECT CAST(table_name AS CHAR) FROM information_schema.views WHERE table_schema = ?",
         )
@@ -605,6 +656,7 @@ impl Mariadb {
         let mut after = vec![use_target];
         after.extend(creates(staged_triggers));
         after.extend(view_sql);
+        after.extend(routines);
         Self::run_all(
             &mut conn,
             &after,
