@@ -146,6 +146,32 @@ async fn raw_baseline(path: &Path, iters: usize, engine: Option<&Engine>) -> Vec
     times
 }
 
+/// Times instantiate + the `noop` step, after a warm-up.
+async fn time_noop(
+    runtime: &Runtime,
+    plugin: &drhost::runtime::Plugin,
+    caps: &Arc<drhost::caps::Caps>,
+    iters: usize,
+) -> Vec<Duration> {
+    let budget = Duration::from_secs(30);
+    for _ in 0..200 {
+        runtime
+            .run_step(plugin, caps, "noop", &[], budget)
+            .await
+            .expect("warm-up");
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        runtime
+            .run_step(plugin, caps, "noop", &[], budget)
+            .await
+            .expect("noop");
+        times.push(start.elapsed());
+    }
+    times
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -201,21 +227,7 @@ async fn main() {
     );
 
     // 1. Instantiate + one run-step from a precompiled component.
-    for _ in 0..200 {
-        runtime
-            .run_step(&probe, &caps, "noop", &[], budget)
-            .await
-            .expect("warm-up");
-    }
-    let mut ours = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let start = Instant::now();
-        runtime
-            .run_step(&probe, &caps, "noop", &[], budget)
-            .await
-            .expect("noop");
-        ours.push(start.elapsed());
-    }
+    let ours = time_noop(&runtime, &probe, &caps, iters).await;
     let raw = raw_baseline(&probe_path, iters, None).await;
     if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
         let same = raw_baseline(&probe_path, iters, Some(runtime.engine())).await;
@@ -239,21 +251,7 @@ async fn main() {
     let tiny_path = plugin("tiny");
     runtime.load(&tiny_path).expect("compile once");
     let tiny = runtime.load(&tiny_path).expect("load from cache");
-    for _ in 0..200 {
-        runtime
-            .run_step(&tiny, &caps, "noop", &[], budget)
-            .await
-            .expect("warm-up");
-    }
-    let mut ours = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let start = Instant::now();
-        runtime
-            .run_step(&tiny, &caps, "noop", &[], budget)
-            .await
-            .expect("noop");
-        ours.push(start.elapsed());
-    }
+    let ours = time_noop(&runtime, &tiny, &caps, iters).await;
     let raw = raw_baseline(&tiny_path, iters, None).await;
     let (m, r) = (median(ours.clone()), median(raw));
     row(

@@ -85,8 +85,17 @@ impl Store {
     /// Every manifest of `source` on this target, oldest first. A manifest
     /// that cannot be read is reported, not skipped silently.
     pub async fn manifests(&self, source: &str) -> Result<Vec<Manifest>, BackupError> {
+        let objects = self.objects(source).await?;
+        self.manifests_among(&objects).await
+    }
+
+    /// The manifests among objects already listed, oldest first.
+    pub async fn manifests_among(
+        &self,
+        objects: &[ObjectMeta],
+    ) -> Result<Vec<Manifest>, BackupError> {
         let mut out = Vec::new();
-        for obj in self.objects(source).await? {
+        for obj in objects {
             if obj.key.ends_with(".manifest.json") {
                 out.push(self.read_manifest(&obj.key).await?);
             }
@@ -112,10 +121,20 @@ impl Store {
     /// The manifest of `id` (or the newest when `id` is "latest").
     pub async fn find(&self, source: &str, id: &str) -> Result<Manifest, BackupError> {
         let all = self.manifests(source).await?;
+        self.pick(&all, source, id).cloned()
+    }
+
+    /// `id` (or the newest when "latest") among manifests already listed.
+    pub fn pick<'m>(
+        &self,
+        all: &'m [Manifest],
+        source: &str,
+        id: &str,
+    ) -> Result<&'m Manifest, BackupError> {
         let found = if id == "latest" {
-            all.into_iter().next_back()
+            all.last()
         } else {
-            all.into_iter().find(|m| m.id == id)
+            all.iter().find(|m| m.id == id)
         };
         found.ok_or_else(|| {
             BackupError::NotFound(format!(

@@ -44,9 +44,12 @@ impl Backups {
         };
         for store in &self.stores {
             for source in self.config.sources.keys() {
-                let all: Vec<Manifest> = store.manifests(source).await?;
-                self.prune_orphans(store, source, &all, now, dry_run, &mut report)
-                    .await?;
+                // One listing serves the manifests and the orphan check.
+                let objects = store.objects(source).await?;
+                let all: Vec<Manifest> = store.manifests_among(&objects).await?;
+                report
+                    .deleted
+                    .extend(prune_orphans(store, source, &objects, &all, now, dry_run).await?);
                 let anchor = all
                     .iter()
                     .rev()
@@ -107,40 +110,40 @@ impl Backups {
 /// How old an object without a manifest must be before prune removes it.
 const ORPHAN_AGE_HOURS: i64 = 24;
 
-impl Backups {
-    async fn prune_orphans(
-        &self,
-        store: &super::Store,
-        source: &str,
-        manifests: &[Manifest],
-        now: chrono::DateTime<chrono::Utc>,
-        dry_run: bool,
-        report: &mut PruneReport,
-    ) -> Result<(), BackupError> {
-        let referenced: std::collections::BTreeSet<String> =
-            manifests.iter().map(|m| store.key(&m.object)).collect();
-        let horizon = now - chrono::Duration::hours(ORPHAN_AGE_HOURS);
-        for obj in store.objects(source).await? {
-            let modified = chrono::DateTime::from_timestamp_millis(
-                i64::try_from(obj.last_modified_ms).unwrap_or(i64::MAX),
-            )
-            .unwrap_or(now);
-            if obj.key.ends_with(".manifest.json")
-                || referenced.contains(&obj.key)
-                || modified > horizon
-            {
-                continue;
-            }
-            if !dry_run {
-                store.backend.delete(&obj.key).await.map_err(store.err())?;
-            }
-            report.deleted.push(Pruned {
-                target: store.name.clone(),
-                source: source.to_string(),
-                id: obj.key.clone(),
-                reason: "remains of an incomplete backup (no manifest)".into(),
-            });
+/// Deletes (unless `dry_run`) the objects of `source` that no manifest refers to
+/// and that are older than a day.
+async fn prune_orphans(
+    store: &super::Store,
+    source: &str,
+    objects: &[crate::caps::s3::ObjectMeta],
+    manifests: &[Manifest],
+    now: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+) -> Result<Vec<Pruned>, BackupError> {
+    let mut deleted = Vec::new();
+    let referenced: std::collections::BTreeSet<String> =
+        manifests.iter().map(|m| store.key(&m.object)).collect();
+    let horizon = now - chrono::Duration::hours(ORPHAN_AGE_HOURS);
+    for obj in objects {
+        let modified = chrono::DateTime::from_timestamp_millis(
+            i64::try_from(obj.last_modified_ms).unwrap_or(i64::MAX),
+        )
+        .unwrap_or(now);
+        if obj.key.ends_with(".manifest.json")
+            || referenced.contains(&obj.key)
+            || modified > horizon
+        {
+            continue;
         }
-        Ok(())
+        if !dry_run {
+            store.backend.delete(&obj.key).await.map_err(store.err())?;
+        }
+        deleted.push(Pruned {
+            target: store.name.clone(),
+            source: source.to_string(),
+            id: obj.key.clone(),
+            reason: "remains of an incomplete backup (no manifest)".into(),
+        });
     }
+    Ok(deleted)
 }

@@ -2,8 +2,8 @@
 //! dump), loaded with the `mariadb` client.
 
 use super::{
-    Dump, DumpFacts, EngineError, Inspection, Load, Place, Purpose, Server, drain_stderr, io_err,
-    scan, scratch_name, tool_version, wait_tool,
+    Dump, DumpFacts, EngineError, Inspection, Load, Place, Purpose, Reading, Server, drain_stderr,
+    io_err, scan, scratch_name, spawn_load, spawn_reading, tool_version, wait_tool,
 };
 use crate::backup::manifest::LogPosition;
 use sqlx::mysql::MySqlConnection;
@@ -97,16 +97,12 @@ impl Mariadb {
             // and starts a new binlog so incrementals begin at a file boundary.
             cmd.args(["--master-data=2", "--flush-logs"]);
         }
-        cmd.arg(&self.server.database)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(io_err("starting mariadb-dump"))?;
-        let stdout = child.stdout.take().ok_or_else(|| EngineError::Tool {
-            tool: "mariadb-dump".into(),
-            message: "no stdout".into(),
-        })?;
-        let errors = drain_stderr(child.stderr.take());
+        cmd.arg(&self.server.database);
+        let Reading {
+            child,
+            stdout,
+            errors,
+        } = spawn_reading(cmd, "mariadb-dump")?;
         let (reader, scanner) = scan::ScanReader::new(stdout);
         Ok(Dump {
             reader: Box::new(reader),
@@ -184,20 +180,18 @@ impl Mariadb {
             return Err(e);
         }
         let mut tar = Command::new("tar");
-        tar.arg("-C")
-            .arg(&dir)
-            .arg("-cf")
-            .arg("-")
-            .args(&logs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = tar.spawn().map_err(io_err("starting tar"))?;
-        let stdout = child.stdout.take().ok_or_else(|| EngineError::Tool {
-            tool: "tar".into(),
-            message: "no stdout".into(),
-        })?;
-        let errors = drain_stderr(child.stderr.take());
+        tar.arg("-C").arg(&dir).arg("-cf").arg("-").args(&logs);
+        let Reading {
+            child,
+            stdout,
+            errors,
+        } = match spawn_reading(tar, "tar") {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         Ok(Incremental {
             dump: Dump {
                 reader: Box::new(stdout),
@@ -327,21 +321,8 @@ impl Mariadb {
         }
         let _ = conn.close().await;
         let mut cmd = self.tool("mariadb");
-        cmd.arg(format!("--database={name}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(io_err("starting mariadb"))?;
-        let stdin = child.stdin.take().ok_or_else(|| EngineError::Tool {
-            tool: "mariadb".into(),
-            message: "no stdin".into(),
-        })?;
-        let errors = drain_stderr(child.stderr.take());
-        Ok(Load {
-            place: Place::Database(name),
-            sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
-            finish: Box::new(move || wait_tool("mariadb", child, errors).map(|_| ())),
-        })
+        cmd.arg(format!("--database={name}"));
+        spawn_load(cmd, "mariadb", Place::Database(name))
     }
 
     async fn tables(conn: &mut MySqlConnection, db: &str) -> Result<Vec<String>, EngineError> {

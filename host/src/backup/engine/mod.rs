@@ -12,7 +12,7 @@ use super::config::{Config, Source, SourceKind};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr};
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -369,24 +369,51 @@ pub fn scratch_name(base: &str, tag: &str, max: usize) -> String {
 /// GNU tar refuses members that would land outside `dir`.
 pub fn unpack_tar(dir: &std::path::Path) -> Result<Load, EngineError> {
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-    let mut child = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .arg("-xf")
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io_err("starting tar"))?;
+    let mut tar = Command::new("tar");
+    tar.arg("-C").arg(dir).arg("-xf").arg("-");
+    spawn_load(tar, "tar", Place::File(dir.to_path_buf()))
+}
+
+/// Starts a tool that reads the load from its stdin: the sink is that stdin
+/// (buffered), `finish` waits for the tool and reports its stderr on failure.
+pub fn spawn_load(mut cmd: Command, tool: &'static str, place: Place) -> Result<Load, EngineError> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(io_err(format!("starting {tool}")))?;
     let stdin = child.stdin.take().ok_or_else(|| EngineError::Tool {
-        tool: "tar".into(),
+        tool: tool.into(),
         message: "no stdin".into(),
     })?;
     let errors = drain_stderr(child.stderr.take());
     Ok(Load {
-        place: Place::File(dir.to_path_buf()),
+        place,
         sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
-        finish: Box::new(move || wait_tool("tar", child, errors).map(|_| ())),
+        finish: Box::new(move || wait_tool(tool, child, errors).map(|_| ())),
+    })
+}
+
+/// A tool whose stdout is being read; its stderr is collected meanwhile.
+pub struct Reading {
+    pub child: Child,
+    pub stdout: std::process::ChildStdout,
+    pub errors: std::thread::JoinHandle<String>,
+}
+
+/// Starts a tool that writes what is read from it to its stdout.
+pub fn spawn_reading(mut cmd: Command, tool: &str) -> Result<Reading, EngineError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(io_err(format!("starting {tool}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| EngineError::Tool {
+        tool: tool.into(),
+        message: "no stdout".into(),
+    })?;
+    let errors = drain_stderr(child.stderr.take());
+    Ok(Reading {
+        child,
+        stdout,
+        errors,
     })
 }

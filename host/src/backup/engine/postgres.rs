@@ -4,13 +4,13 @@
 //! with `pg_restore`.
 
 use super::{
-    Dump, DumpFacts, EngineError, Inspection, Load, Place, Purpose, Server, drain_stderr, io_err,
-    scratch_name, tool_version, wait_tool,
+    Dump, DumpFacts, EngineError, Inspection, Load, Place, Purpose, Reading, Server, scratch_name,
+    spawn_load, spawn_reading, tool_version, wait_tool,
 };
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection};
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 pub struct Postgres {
     pub server: Server,
@@ -96,16 +96,12 @@ impl Postgres {
         let tables = count_tables(&mut conn).await?;
         let mut cmd = self.tool("pg_dump", &db);
         cmd.args(["--format=custom", "--compress=0"])
-            .arg(format!("--snapshot={snapshot}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(io_err("starting pg_dump"))?;
-        let stdout = child.stdout.take().ok_or_else(|| EngineError::Tool {
-            tool: "pg_dump".into(),
-            message: "no stdout".into(),
-        })?;
-        let errors = drain_stderr(child.stderr.take());
+            .arg(format!("--snapshot={snapshot}"));
+        let Reading {
+            child,
+            stdout,
+            errors,
+        } = spawn_reading(cmd, "pg_dump")?;
         // The exported snapshot lives as long as this transaction: hold it
         // until pg_dump is done.
         let (done, wait) = tokio::sync::oneshot::channel::<()>();
@@ -146,21 +142,8 @@ impl Postgres {
         }
         let _ = conn.close().await;
         let mut cmd = self.tool("pg_restore", &name);
-        cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(io_err("starting pg_restore"))?;
-        let stdin = child.stdin.take().ok_or_else(|| EngineError::Tool {
-            tool: "pg_restore".into(),
-            message: "no stdin".into(),
-        })?;
-        let errors = drain_stderr(child.stderr.take());
-        Ok(Load {
-            place: Place::Database(name),
-            sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
-            finish: Box::new(move || wait_tool("pg_restore", child, errors).map(|_| ())),
-        })
+        cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+        spawn_load(cmd, "pg_restore", Place::Database(name))
     }
 
     pub async fn inspect(&self, place: &Place) -> Result<Inspection, EngineError> {
