@@ -118,7 +118,7 @@ impl Backups {
         }
         let level = self.config.zstd_level;
         // The previous backup of this kind sizes the bar, so it can show an ETA.
-        let estimate = if self.progress {
+        let estimate = if self.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             self.newest(source)
                 .await
                 .ok()

@@ -385,12 +385,27 @@ pub fn spawn_load(mut cmd: Command, tool: &'static str, place: Place) -> Result<
         tool: tool.into(),
         message: "no stdin".into(),
     })?;
+    widen_pipe(&stdin);
     let errors = drain_stderr(child.stderr.take());
     Ok(Load {
         place,
         sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
         finish: Box::new(move || wait_tool(tool, child, errors).map(|_| ())),
     })
+}
+
+/// Grows a pipe to the tools from the kernel's 64 KiB to 1 MiB. With a dump
+/// server and its client already busy on every core, each full pipe costs a
+/// context switch: `mariadb-dump | cat` took 1.35× the time of
+/// `mariadb-dump > /dev/null` with 64 KiB pipes, 1.15× with 1 MiB ones. A
+/// refusal (a lower `/proc/sys/fs/pipe-max-size`) keeps the default.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ only resizes the kernel buffer of a descriptor we
+    // own for the duration of the call; it touches no memory of ours.
+    let r = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    if r < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "pipe size left at the default");
+    }
 }
 
 /// A tool whose stdout is being read; its stderr is collected meanwhile.
@@ -410,6 +425,7 @@ pub fn spawn_reading(mut cmd: Command, tool: &str) -> Result<Reading, EngineErro
         tool: tool.into(),
         message: "no stdout".into(),
     })?;
+    widen_pipe(&stdout);
     let errors = drain_stderr(child.stderr.take());
     Ok(Reading {
         child,
