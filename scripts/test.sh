@@ -58,6 +58,15 @@ if ! psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; then
     for _ in $(seq 1 100); do psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 
+# Databases earlier runs' tests created (uniquely named, so they never collide,
+# but they would pile up on the shared servers).
+for d in $(mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'drhost\\_bk\\_%'"); do
+    mariadb -h 127.0.0.1 -u root -e "DROP DATABASE \`$d\`"
+done
+for d in $(psql -h 127.0.0.1 -U postgres -d test -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'drhost\\_bk\\_%'"); do
+    psql -h 127.0.0.1 -U postgres -d test -q -c "DROP DATABASE \"$d\" WITH (FORCE)"
+done
+
 say "a private MariaDB with binary logging (incremental backups, point-in-time recovery)"
 # Its own data directory and port: the shared server's configuration stays as it is.
 mdb="$work/mariadb-binlog"
@@ -77,4 +86,7 @@ mariadb --no-defaults -h 127.0.0.1 -P "$mport" -u root -e 'CREATE DATABASE IF NO
 export DRHOST_TEST_MARIADB_BINLOG="mysql://root@127.0.0.1:$mport/test"
 
 say "tests"
+# The Rust SDK's unit tests and doc examples, and the reference plugins' own
+# unit tests, run natively.
+cargo test --manifest-path plugins/Cargo.toml -p drhost-plugin -p storage-failover -p app-health -p data-corruption
 cargo test --workspace -- --test-threads 4

@@ -48,8 +48,8 @@ fn a_component_built_for_another_wit_version_names_both_versions() {
         .expect("refused");
     let msg = err.to_string();
     assert!(matches!(err, LoadError::WrongVersion { .. }), "{msg}");
+    assert!(msg.contains("drhost:plugin@0.3.0"), "{msg}");
     assert!(msg.contains("drhost:plugin@0.2.0"), "{msg}");
-    assert!(msg.contains("drhost:plugin@0.1.0"), "{msg}");
 }
 
 #[test]
@@ -207,7 +207,7 @@ async fn inspect_shows_what_the_policy_grants() {
         .unwrap();
     assert!(text.contains("storage-failover 0.1.0"), "{text}");
     assert!(text.contains("restore-from-secondary"), "{text}");
-    assert!(text.contains("drhost:plugin/s3@0.1.0"), "{text}");
+    assert!(text.contains("drhost:plugin/s3@0.2.0"), "{text}");
     assert!(text.contains("granted: primary [read,list]"), "{text}");
     assert!(
         text.contains("object-storage           storage      P1"),

@@ -167,7 +167,7 @@ fn the_cli_exit_codes_follow_the_documentation() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("drhost:plugin@0.2.0"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drhost:plugin@0.3.0"));
     // 2: a policy with an unknown key, reported with its line.
     let policy = dir.path().join("p.toml");
     std::fs::write(

@@ -3,7 +3,9 @@
 #  1. the recovery plan's scenario 3 (storage failure): two local buckets, the
 #     primary damaged; `drhost run` detects, restores and verifies;
 #  2. backups: a SQLite database backed up (zstd + age) to two local targets,
-#     checked with the 10-point checklist, damaged, restored and checked again.
+#     checked with the 10-point checklist, damaged, restored and checked again;
+#  3. the storage failure as a drill: injected into sandbox buckets, recovered,
+#     detection, recovery time and data loss measured against the targets.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -60,4 +62,15 @@ export DRHOST_CONFIG="$work/drhost.toml"
 "$drhost" quickstart --damage-db "$work/shop.db"
 "$drhost" backup restore latest --to shop
 "$drhost" backup list
-exit $code
+
+echo
+echo "== 3. The storage failure as a drill: inject into sandbox buckets, recover, measure"
+unset DRHOST_CONFIG
+set +e
+"$drhost" drill "$work/storage-failover.wasm" --policy "$here/storage-failover.drill.policy.toml" \
+    --out "$work/runs" --report "$work/drill-report" --junit "$work/drill-junit.xml"
+drill_code=$?
+set -e
+echo "report: $work/drill-report/report.html (Markdown beside it), JUnit: $work/drill-junit.xml"
+[ $code -ne 0 ] && exit $code
+exit $drill_code

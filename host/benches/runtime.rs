@@ -131,7 +131,7 @@ async fn raw_baseline(path: &Path, iters: usize, engine: Option<&Engine>) -> Vec
             .await
             .expect("instantiate");
         let iface = instance
-            .get_export_index(&mut store, None, "drhost:plugin/plugin@0.1.0")
+            .get_export_index(&mut store, None, "drhost:plugin/plugin@0.2.0")
             .expect("interface");
         let func = instance
             .get_export_index(&mut store, Some(&iface), "run-step")
@@ -277,6 +277,28 @@ async fn main() {
         "",
         None,
     );
+    // The same scenario written in Python and JavaScript: their interpreters
+    // are inside the component, so instantiating one costs far more.
+    for (name, label) in [("hello_py", "Python"), ("hello_js", "JavaScript")] {
+        let path = plugin(name);
+        runtime.load(&path).expect("compile once");
+        let guest = runtime.load(&path).expect("load from cache");
+        let mut times = Vec::with_capacity(200);
+        for _ in 0..200 {
+            let start = Instant::now();
+            runtime
+                .run_step(&guest, &caps, "check", &[], budget)
+                .await
+                .expect("check");
+            times.push(start.elapsed());
+        }
+        row(
+            &format!("instantiate + run-step (hello in {label})"),
+            format!("{:.1} µs", us(median(times))),
+            "",
+            None,
+        );
+    }
 
     if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
         return;

@@ -18,6 +18,6 @@ pub use self::drhost::plugin::types::{
 };
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 /// The WIT package name.
 pub const WIT_PACKAGE: &str = "drhost:plugin";

@@ -2,7 +2,7 @@
 //! lands here and goes through the gate.
 
 use crate::bindings::CapError;
-use crate::bindings::drhost::plugin::{backup, clock, db, log, s3, state, types};
+use crate::bindings::drhost::plugin::{backup, clock, db, exec, log, net, s3, state, types};
 use crate::caps::backup as backupcap;
 use crate::caps::http::Hooks;
 use crate::caps::output::CappedOutput;
@@ -620,6 +620,51 @@ impl backup::Host for HostState {
                     .await?;
                 Ok(backupcap::restored(&r))
             })
+            .await)
+    }
+}
+
+impl exec::Host for HostState {
+    async fn run(&mut self, name: String, args: Vec<String>) -> HostResult<exec::ExecResult> {
+        let caps = Arc::clone(&self.caps);
+        let call = Call::new("exec", "run", name.clone())
+            .arg("args", args.clone())
+            .mutating();
+        let decision = caps.exec.decide(&name, &args);
+        let remaining = self.remaining();
+        Ok(caps
+            .gate
+            .call(call, decision, || caps.exec.run(&name, &args, remaining))
+            .await
+            .map(|o| exec::ExecResult {
+                exit_code: o.exit_code,
+                stdout: o.stdout,
+                stderr: o.stderr,
+                truncated: o.truncated,
+                duration_ms: o.duration_ms,
+            }))
+    }
+}
+
+impl net::Host for HostState {
+    async fn resolve(&mut self, host: String) -> HostResult<Vec<String>> {
+        let caps = Arc::clone(&self.caps);
+        let call = Call::new("net", "resolve", host.clone());
+        let decision = caps.net.decide(&host, None);
+        Ok(caps
+            .gate
+            .call(call, decision, || caps.net.resolve(&host))
+            .await)
+    }
+
+    async fn probe_tcp(&mut self, host: String, port: u16, timeout_ms: u32) -> HostResult<u64> {
+        let caps = Arc::clone(&self.caps);
+        let call = Call::new("net", "probe-tcp", format!("{host}:{port}"));
+        let decision = caps.net.decide(&host, Some(port));
+        let timeout = Duration::from_millis(timeout_ms.into()).min(self.remaining());
+        Ok(caps
+            .gate
+            .call(call, decision, || caps.net.probe(&host, port, timeout))
             .await)
     }
 }

@@ -9,11 +9,13 @@ pub mod caps;
 pub mod clock;
 pub mod conformance;
 pub mod digest;
+pub mod drill;
 pub mod host;
 pub mod inspect;
 pub mod orchestrator;
 pub mod policy;
 pub mod quickstart;
+pub mod report;
 pub mod runtime;
 pub mod scaffold;
 

@@ -51,6 +51,39 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Drill a scenario: inject its disaster into a sandbox, then detect,
+    /// recover and verify, and measure detection, recovery time and the
+    /// recovery point against the targets. Exit 0 when every target is met,
+    /// 1 when the recovery failed, 3 when a target was missed.
+    Drill {
+        /// The scenario component (.wasm). Not with --all.
+        plugin: Option<PathBuf>,
+        /// The drill's policy; default: <plugin>.<env>.policy.toml beside the plugin.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Environment name that picks the policy beside the plugin.
+        #[arg(long, default_value = "drill")]
+        env: String,
+        /// Write JUnit XML here (one test case per step and per target).
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Write report.md, report.html and timeline.svg into this directory
+        /// (with --all, one subdirectory per example).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Directory for run records (<out>/<run-id>/audit.jsonl).
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Backup configuration, for policies that grant [backup.*].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Drill every example under this directory that has a drill.toml.
+        #[arg(long)]
+        all: Option<PathBuf>,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a plugin's metadata, its imports, and what the policy grants.
     Inspect {
         plugin: PathBuf,
@@ -240,6 +273,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 phase,
                 plan,
                 backups,
+                drill: false,
             };
             match orchestrator::run(&runtime, &plugin, opts).await {
                 Ok(report) => {
@@ -255,6 +289,100 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     Ok(e.exit_code())
                 }
             }
+        }
+        Command::Drill {
+            plugin,
+            policy,
+            env,
+            junit,
+            report,
+            out,
+            config,
+            all,
+            json,
+        } => {
+            let examples = match (plugin, all) {
+                (Some(_), Some(_)) | (None, None) => {
+                    eprintln!("error: give a plugin or --all DIR");
+                    return Ok(exit::USAGE);
+                }
+                (None, Some(dir)) => match drhost::drill::discover(&dir) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(exit::USAGE);
+                    }
+                },
+                (Some(plugin), None) => {
+                    let policy =
+                        policy.unwrap_or_else(|| drhost::drill::policy_beside(&plugin, &env));
+                    vec![drhost::drill::Example {
+                        name: plugin
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        plugin,
+                        policy,
+                        config: config.or_else(|| {
+                            let d = cli_backup::default_config();
+                            d.is_file().then_some(d)
+                        }),
+                        description: String::new(),
+                    }]
+                }
+            };
+            let several = examples.len() > 1;
+            let runtime = Runtime::new(Some(state_dir.join("cache")))?;
+            let mut reports = Vec::new();
+            let mut code = exit::OK;
+            for ex in &examples {
+                if several {
+                    eprintln!("== drill {}: {}", ex.name, ex.description);
+                }
+                match drhost::drill::run(
+                    &runtime,
+                    &ex.plugin,
+                    &ex.policy,
+                    ex.config.as_deref(),
+                    &out,
+                    &state_dir,
+                )
+                .await
+                {
+                    Ok(r) => {
+                        if !json {
+                            print!("{}", orchestrator::render_table(&r));
+                        }
+                        if let Some(dir) = &report {
+                            let dir = if several {
+                                dir.join(&ex.name)
+                            } else {
+                                dir.clone()
+                            };
+                            let files = drhost::report::write_reports(&r, &dir)?;
+                            eprintln!("report: {}", files[1].display());
+                        }
+                        code = code.max(r.exit_code);
+                        reports.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!("error: drill {}: {e}", ex.name);
+                        code = code.max(match &e {
+                            drhost::drill::DrillError::Run(r) => r.exit_code(),
+                            _ => exit::USAGE,
+                        });
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            if let Some(path) = junit {
+                let refs: Vec<&orchestrator::RunReport> = reports.iter().collect();
+                std::fs::write(&path, drhost::report::junit(&refs))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(code)
         }
         Command::Inspect { plugin, policy } => {
             let policy = load_policy(policy, &plugin)?;

@@ -55,6 +55,9 @@ pub struct RunOptions {
     pub plan: bool,
     /// The backup engine (drhost.toml), for plugins granted `[backup.*]`.
     pub backups: Option<Arc<crate::backup::Backups>>,
+    /// A drill: run the inject steps first (sandbox grants only), then
+    /// measure detection, recovery and the recovery point achieved.
+    pub drill: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +68,8 @@ pub struct StepResult {
     pub outcome: String,
     pub detail: String,
     pub findings: Vec<(String, String)>,
+    /// When the step started, from the start of the run.
+    pub started_ms: u64,
     pub duration_ms: u64,
     pub budget_s: u32,
     pub over_budget: bool,
@@ -77,10 +82,18 @@ pub struct ComponentResult {
     pub name: String,
     pub rto_s: u32,
     pub rpo_s: u32,
-    /// healthy, recovered, failed
+    /// healthy, recovered, failed; in a drill also undetected
     pub status: String,
+    /// In a drill: from the end of the injection to the step that detected it.
+    pub detection_s: Option<f64>,
+    /// Detection (in a drill: the injection) to the last verify step.
     pub recovery_s: Option<f64>,
     pub rto_met: Option<bool>,
+    /// In a drill: the newest data at the disaster (`data-at-disaster-ms`
+    /// of an inject step) minus the newest data after recovery
+    /// (`data-recovered-ms` of a later step), in seconds.
+    pub achieved_rpo_s: Option<f64>,
+    pub rpo_met: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +110,18 @@ pub struct RunReport {
     pub audit_log: PathBuf,
     pub calls: u64,
     pub denied: u64,
+    /// recover (a run), a phase name, or drill.
+    pub mode: String,
+    /// The scenario's description, for reports.
+    pub description: String,
+    /// Wall-clock start, RFC 3339.
+    pub started_at: String,
+    pub duration_ms: u64,
 }
+
+/// Finding keys a drill reads the recovery point from.
+pub const DATA_AT_DISASTER: &str = "data-at-disaster-ms";
+pub const DATA_RECOVERED: &str = "data-recovered-ms";
 
 pub fn kind_name(k: crate::bindings::ComponentKind) -> &'static str {
     use crate::bindings::ComponentKind as K;
@@ -129,6 +153,7 @@ pub fn phase_name(p: Phase) -> &'static str {
         Phase::Backup => "backup",
         Phase::Recover => "recover",
         Phase::Verify => "verify",
+        Phase::Inject => "inject",
     }
 }
 
@@ -139,6 +164,7 @@ pub fn parse_phase(s: &str) -> Option<Phase> {
         "backup" => Phase::Backup,
         "recover" => Phase::Recover,
         "verify" => Phase::Verify,
+        "inject" => Phase::Inject,
         _ => return None,
     })
 }
@@ -218,6 +244,24 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         .await
         .map_err(RunError::Info)?;
     validate_info(&info).map_err(RunError::Metadata)?;
+    let has_inject = info.steps.iter().any(|s| s.phase == Phase::Inject);
+    if opts.drill && !has_inject {
+        return Err(RunError::Config(format!(
+            "scenario {} declares no inject step, so it cannot be drilled: add a step in phase inject that causes the disaster in a sandbox",
+            info.name
+        )));
+    }
+    if !opts.drill && opts.phase == Some(Phase::Inject) {
+        return Err(RunError::Config(
+            "inject steps cause a disaster: they run only in `drhost drill`, against sandbox grants"
+                .into(),
+        ));
+    }
+    let mode = if opts.drill {
+        "drill"
+    } else {
+        opts.phase.map(phase_name).unwrap_or("recover")
+    };
 
     let run_id = crate::clock::new_run_id();
     let audit_path = opts.out_dir.join(&run_id).join("audit.jsonl");
@@ -268,10 +312,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     start.insert("host".into(), crate::hostname().into());
     start.insert("scenario".into(), info.name.clone().into());
     start.insert("scenario_version".into(), info.version.clone().into());
-    start.insert(
-        "mode".into(),
-        opts.phase.map(phase_name).unwrap_or("recover").into(),
-    );
+    start.insert("mode".into(), mode.into());
     start.insert("plan".into(), opts.plan.into());
     caps.gate.record("run-start", start);
     let mut meta = Map::new();
@@ -291,18 +332,41 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     );
     caps.gate.record("scenario", meta);
 
+    let run_started = Instant::now();
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut runner = Runner {
         runtime,
         plugin: &plugin,
         caps: &caps,
         context: Vec::new(),
         results: Vec::new(),
+        t0: run_started,
     };
-    let run_started = Instant::now();
     let mut detected_at: Option<Instant> = None;
     let mut detected_components: Vec<String> = Vec::new();
+    // A drill starts with the disaster; recovery and detection count from its end.
+    let mut disaster_at: Option<Instant> = None;
+    let mut injection_failed = false;
+    if opts.drill {
+        for step in info.steps.iter().filter(|s| s.phase == Phase::Inject) {
+            if injection_failed {
+                runner.skip(step, "an earlier inject step failed");
+                continue;
+            }
+            caps.gate.set_inject(true);
+            let r = runner.step(step).await;
+            caps.gate.set_inject(false);
+            injection_failed |= r.outcome == "failed";
+        }
+        disaster_at = Some(Instant::now());
+    }
 
     match opts.phase {
+        _ if injection_failed => {
+            for step in info.steps.iter().filter(|s| s.phase != Phase::Inject) {
+                runner.skip(step, "the disaster could not be injected");
+            }
+        }
         Some(phase) => {
             for step in info.steps.iter().filter(|s| s.phase == phase) {
                 runner.step(step).await;
@@ -336,61 +400,33 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         }
     }
 
-    // Per component: detection to verified recovery, against the RTO.
-    let mut components = Vec::new();
-    for c in &info.components {
-        let steps: Vec<&StepResult> = runner
-            .results
-            .iter()
-            .filter(|r| r.component == c.name)
-            .collect();
-        let any_failed = steps.iter().any(|r| r.outcome == "failed");
-        let detected = detected_components.contains(&c.name);
-        let (status, recovery_s, rto_met) = if !detected {
-            (if any_failed { "failed" } else { "healthy" }, None, None)
-        } else {
-            let last_verify = steps
-                .iter()
-                .filter(|r| r.phase == "verify")
-                .filter_map(|r| r.ended)
-                .max();
-            let verified = !any_failed
-                && steps
-                    .iter()
-                    .any(|r| r.phase == "verify" && r.outcome == "ok");
-            match (verified, detected_at, last_verify) {
-                (true, Some(d), Some(v)) => {
-                    let secs = v.saturating_duration_since(d).as_secs_f64();
-                    (
-                        "recovered",
-                        Some(secs),
-                        Some(secs <= f64::from(c.rto_seconds)),
-                    )
-                }
-                _ => ("failed", None, None),
-            }
-        };
-        components.push(ComponentResult {
-            name: c.name.clone(),
-            rto_s: c.rto_seconds,
-            rpo_s: c.rpo_seconds,
-            status: status.into(),
-            recovery_s,
-            rto_met,
-        });
-    }
-
+    let components = measure(
+        &info,
+        &runner.results,
+        &detected_components,
+        disaster_at.or(detected_at),
+        opts.drill,
+    );
     let failed = runner
         .results
         .iter()
         .any(|r| r.outcome == "failed" && !r.over_budget);
+    let failed = failed
+        || injection_failed
+        || components
+            .iter()
+            .any(|c| c.status == "undetected" || (opts.drill && c.status == "failed"));
     let over = runner.results.iter().any(|r| r.over_budget)
-        || components.iter().any(|c| c.rto_met == Some(false));
+        || components
+            .iter()
+            .any(|c| c.rto_met == Some(false) || c.rpo_met == Some(false));
     let any_detected = detected_at.is_some();
     let (outcome, exit_code) = if failed {
         ("failed", exit::FAILED)
     } else if over {
         ("target-missed", exit::TARGET_MISSED)
+    } else if opts.drill {
+        ("recovered", exit::OK)
     } else if opts.phase.is_some() {
         ("completed", exit::OK)
     } else if any_detected {
@@ -404,12 +440,8 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     let mut end = Map::new();
     end.insert("outcome".into(), outcome.into());
     end.insert("exit_code".into(), exit_code.into());
-    end.insert(
-        "duration_ms".into(),
-        u64::try_from(run_started.elapsed().as_millis())
-            .unwrap_or(0)
-            .into(),
-    );
+    let duration_ms = u64::try_from(run_started.elapsed().as_millis()).unwrap_or(0);
+    end.insert("duration_ms".into(), duration_ms.into());
     end.insert("calls".into(), calls.into());
     end.insert("denied".into(), denied.into());
     end.insert(
@@ -449,7 +481,95 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         audit_log: audit_path,
         calls,
         denied,
+        mode: mode.into(),
+        description: info.description.clone(),
+        started_at,
+        duration_ms,
     })
+}
+
+/// Per component: detection and recovery times against the RTO, and in a
+/// drill the recovery point achieved against the RPO.
+fn measure(
+    info: &ScenarioInfo,
+    results: &[StepResult],
+    detected_components: &[String],
+    recovery_from: Option<Instant>,
+    drill: bool,
+) -> Vec<ComponentResult> {
+    let secs = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64();
+    let mut out = Vec::new();
+    for c in &info.components {
+        let steps: Vec<&StepResult> = results.iter().filter(|r| r.component == c.name).collect();
+        let injected = steps.iter().any(|r| r.phase == "inject");
+        let any_failed = steps.iter().any(|r| r.outcome == "failed");
+        let detected = detected_components.contains(&c.name);
+        let detection_s = match (drill, recovery_from) {
+            (true, Some(from)) => steps
+                .iter()
+                .filter(|r| r.outcome == "detected")
+                .filter_map(|r| r.ended)
+                .min()
+                .map(|t| secs(from, t)),
+            _ => None,
+        };
+        let (status, recovery_s, rto_met) = if !detected {
+            let status = if drill && injected {
+                "undetected"
+            } else if any_failed {
+                "failed"
+            } else {
+                "healthy"
+            };
+            (status, None, None)
+        } else {
+            let last_verify = steps
+                .iter()
+                .filter(|r| r.phase == "verify")
+                .filter_map(|r| r.ended)
+                .max();
+            let verified = !any_failed
+                && steps
+                    .iter()
+                    .any(|r| r.phase == "verify" && r.outcome == "ok");
+            match (verified, recovery_from, last_verify) {
+                (true, Some(d), Some(v)) => {
+                    let s = secs(d, v);
+                    ("recovered", Some(s), Some(s <= f64::from(c.rto_seconds)))
+                }
+                _ => ("failed", None, None),
+            }
+        };
+        let value = |phase_inject: bool, key: &str| {
+            steps
+                .iter()
+                .filter(|r| (r.phase == "inject") == phase_inject)
+                .flat_map(|r| r.findings.iter())
+                .filter(|(k, _)| k == key)
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .next_back()
+        };
+        let achieved_rpo_s = match (
+            drill,
+            value(true, DATA_AT_DISASTER),
+            value(false, DATA_RECOVERED),
+        ) {
+            (true, Some(at), Some(got)) => Some(at.saturating_sub(got) as f64 / 1000.0),
+            _ => None,
+        };
+        out.push(ComponentResult {
+            name: c.name.clone(),
+            rto_s: c.rto_seconds,
+            rpo_s: c.rpo_seconds,
+            status: status.into(),
+            detection_s,
+            recovery_s,
+            rto_met,
+            achieved_rpo_s,
+            rpo_met: achieved_rpo_s.map(|r| r <= f64::from(c.rpo_seconds)),
+        });
+    }
+    out
 }
 
 /// A policy's `[backup.*]` grants need the backup engine, and name its sources.
@@ -486,7 +606,18 @@ pub async fn build_caps(
             backups,
             grants: policy.backup.clone(),
         },
-        gate: Gate::with_mode(audit, plan),
+        gate: Gate::with_mode(audit, plan).with_sandbox(policy.sandbox_grants()),
+        exec: crate::caps::exec::ExecCap {
+            grants: policy.exec.clone(),
+            base_dir: policy
+                .source
+                .as_ref()
+                .and_then(|p| p.parent())
+                .map(Path::to_path_buf),
+        },
+        net: crate::caps::net::NetCap {
+            policy: policy.net.clone(),
+        },
         s3: crate::caps::s3::S3Cap::from_policy(policy)
             .await
             .map_err(|e| RunError::Config(format!("policy: {e}")))?,
@@ -506,6 +637,7 @@ struct Runner<'a> {
     caps: &'a Arc<Caps>,
     context: Vec<Finding>,
     results: Vec<StepResult>,
+    t0: Instant,
 }
 
 impl Runner<'_> {
@@ -523,6 +655,8 @@ impl Runner<'_> {
 
         let budget = Duration::from_secs(step.budget_seconds.into());
         let started = Instant::now();
+        let started_ms =
+            u64::try_from(started.saturating_duration_since(self.t0).as_millis()).unwrap_or(0);
         let result = self
             .runtime
             .run_step(self.plugin, self.caps, &step.id, &self.context, budget)
@@ -562,6 +696,7 @@ impl Runner<'_> {
             outcome: outcome.into(),
             detail,
             findings: findings.into_iter().map(|f| (f.key, f.value)).collect(),
+            started_ms,
             duration_ms,
             budget_s: step.budget_seconds,
             over_budget,
@@ -584,6 +719,7 @@ impl Runner<'_> {
             outcome: "skipped".into(),
             detail: why.into(),
             findings: vec![],
+            started_ms: u64::try_from(self.t0.elapsed().as_millis()).unwrap_or(0),
             duration_ms: 0,
             budget_s: step.budget_seconds,
             over_budget: false,
@@ -636,6 +772,23 @@ pub fn render_table(r: &RunReport) -> String {
             "{:<28} {:<10} {:>12} {:>6} s{met}\n",
             c.name, c.status, rec, c.rto_s
         ));
+        if let Some(d) = c.detection_s {
+            out.push_str(&format!(
+                "{:<28} detected {d:.1} s after the disaster\n",
+                ""
+            ));
+        }
+        if let Some(rpo) = c.achieved_rpo_s {
+            let met = if c.rpo_met == Some(true) {
+                "met"
+            } else {
+                "MISSED"
+            };
+            out.push_str(&format!(
+                "{:<28} data lost: {rpo:.1} s (RPO {} s) {met}\n",
+                "", c.rpo_s
+            ));
+        }
     }
     out.push_str(&format!(
         "\noutcome: {} (exit {}) · {} capability calls, {} denied\naudit log: {}\n",

@@ -40,6 +40,12 @@ pub struct Policy {
     pub backup: BTreeMap<String, BackupGrant>,
     #[serde(default)]
     pub http: HttpPolicy,
+    /// Allow-listed programs, by name.
+    #[serde(default)]
+    pub exec: BTreeMap<String, ExecGrant>,
+    /// Hosts the plugin may resolve and probe.
+    #[serde(default)]
+    pub net: NetPolicy,
     /// Where the policy came from; relative paths in it resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -124,6 +130,9 @@ pub struct S3Grant {
     /// `env:NAME` or a literal; when absent the standard AWS chain is used.
     pub access_key_id: Option<Secret>,
     pub secret_access_key: Option<Secret>,
+    /// A drill's inject steps may use this alias (it holds no production data).
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 impl S3Grant {
@@ -158,6 +167,9 @@ pub struct DbGrant {
     pub access: DbAccess,
     /// Overrides `limits.max-rows` for this connection.
     pub max_rows: Option<u64>,
+    /// A drill's inject steps may use this connection.
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 /// What a plugin may do with a backup source.
@@ -189,6 +201,147 @@ pub struct BackupGrant {
     pub access: Vec<BackupAccess>,
     #[serde(default)]
     pub restore_to: Vec<String>,
+    /// A drill's inject steps may use this source.
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+/// `[exec.<name>]`: one program a plugin may run, with a pattern per
+/// argument. No shell: the arguments reach the program as they are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExecGrant {
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    /// One pattern per argument; `*` matches any run of characters.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The program is killed after this long ("30s", "2m", "500ms").
+    #[serde(default = "default_exec_timeout")]
+    pub timeout: DurationText,
+    /// Standard output and error kept, each.
+    #[serde(default = "default_exec_output")]
+    pub max_output: ByteSize,
+    /// Working directory; the policy's directory when absent.
+    pub cwd: Option<PathBuf>,
+    /// Environment variables passed to the program (nothing else is inherited
+    /// but PATH); values may be `env:NAME`.
+    #[serde(default)]
+    pub env: BTreeMap<String, Secret>,
+    /// A drill's inject steps may run it.
+    #[serde(default)]
+    pub sandbox: bool,
+}
+
+fn default_exec_timeout() -> DurationText {
+    DurationText(std::time::Duration::from_secs(30))
+}
+
+fn default_exec_output() -> ByteSize {
+    ByteSize(64 << 10)
+}
+
+impl ExecGrant {
+    /// Why `args` do not fit the grant's patterns, or `None` when they do.
+    pub fn mismatch(&self, args: &[String]) -> Option<String> {
+        if args.len() != self.args.len() {
+            return Some(format!(
+                "{} arguments given, the grant has {} patterns ({:?})",
+                args.len(),
+                self.args.len(),
+                self.args
+            ));
+        }
+        self.args
+            .iter()
+            .zip(args)
+            .enumerate()
+            .find(|(_, (p, a))| !glob_match(p, a))
+            .map(|(i, (p, a))| format!("argument {} {a:?} does not match {p:?}", i + 1))
+    }
+}
+
+/// `*` matches any run of characters (including none); everything else
+/// matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `[net]`: hosts the plugin may resolve and probe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NetPolicy {
+    /// `host:port`, `host:*`, or `host` (resolve only).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl NetPolicy {
+    /// The entry allowing `host` (and `port`, when probing).
+    pub fn allows(&self, host: &str, port: Option<u16>) -> Option<&str> {
+        self.allow
+            .iter()
+            .find(|e| {
+                let (h, p) = match e.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, Some(p)),
+                    _ => (e.as_str(), None),
+                };
+                let h = h.trim_start_matches('[').trim_end_matches(']');
+                h.eq_ignore_ascii_case(host)
+                    && match (port, p) {
+                        (None, _) => true,
+                        (Some(_), Some("*")) => true,
+                        (Some(n), Some(p)) => p == n.to_string(),
+                        (Some(_), None) => false,
+                    }
+            })
+            .map(String::as_str)
+    }
+}
+
+/// A duration written as "30s", "2m", "1h" or "500ms".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationText(pub std::time::Duration);
+
+impl DurationText {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\" or \"2m\""))?;
+        let d = match unit.trim() {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" | "" => std::time::Duration::from_secs(n),
+            "m" | "min" => std::time::Duration::from_secs(n * 60),
+            "h" => std::time::Duration::from_secs(n * 3600),
+            other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+        };
+        Ok(DurationText(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DurationText::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[http]`: the outgoing allow-list.
@@ -205,6 +358,10 @@ pub struct HttpPolicy {
     pub addresses: Vec<IpNet>,
     /// Largest response body; defaults to `limits.max-guest-bytes`.
     pub max_response_bytes: Option<ByteSize>,
+    /// Entries of `allow` that a drill's inject steps may call (stand-ins
+    /// and test doubles, never production endpoints).
+    #[serde(default)]
+    pub sandbox: Vec<AllowedUrl>,
 }
 
 /// A secret: a literal or `env:NAME`, resolved only in the host and never
@@ -256,7 +413,7 @@ impl ByteSize {
             .parse()
             .map_err(|_| format!("invalid size {s:?}: expected e.g. \"64 MiB\""))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
+            "" | "b" | "byte" | "bytes" => 1,
             "k" | "kb" => 1000,
             "kib" => 1 << 10,
             "m" | "mb" => 1_000_000,
@@ -526,6 +683,35 @@ impl Policy {
         for name in self.db.keys() {
             check_name("db", name)?;
         }
+        for (name, g) in &self.exec {
+            check_name("exec", name)?;
+            if !g.program.is_absolute() {
+                return Err(format!(
+                    "[exec.{name}] program {:?} must be an absolute path (no PATH lookup)",
+                    g.program
+                ));
+            }
+            if g.timeout.0.is_zero() {
+                return Err(format!("[exec.{name}] timeout must be more than 0"));
+            }
+        }
+        for e in &self.net.allow {
+            let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
+            let port = e.rsplit_once(':').map(|(_, p)| p);
+            if host.is_empty() || port.is_some_and(|p| p != "*" && p.parse::<u16>().is_err()) {
+                return Err(format!(
+                    "[net] allow entry {e:?}: expected \"host\", \"host:port\" or \"host:*\""
+                ));
+            }
+        }
+        for e in &self.http.sandbox {
+            if !self.http.allow.contains(e) {
+                return Err(format!(
+                    "[http] sandbox entry {:?} is not in [http] allow",
+                    e.text
+                ));
+            }
+        }
         for (name, g) in &self.backup {
             check_name("backup", name)?;
             if g.access.is_empty() {
@@ -551,6 +737,42 @@ impl Policy {
             Some(dir) => dir.join(p),
             None => p.to_path_buf(),
         }
+    }
+
+    /// The grants marked sandbox, named as the gate's decisions name them.
+    pub fn sandbox_grants(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.extend(
+            self.s3
+                .iter()
+                .filter(|(_, g)| g.sandbox)
+                .map(|(n, _)| format!("s3.{n}")),
+        );
+        out.extend(
+            self.db
+                .iter()
+                .filter(|(_, g)| g.sandbox)
+                .map(|(n, _)| format!("db.{n}")),
+        );
+        out.extend(
+            self.backup
+                .iter()
+                .filter(|(_, g)| g.sandbox)
+                .map(|(n, _)| format!("backup.{n}")),
+        );
+        out.extend(
+            self.exec
+                .iter()
+                .filter(|(_, g)| g.sandbox)
+                .map(|(n, _)| format!("exec.{n}")),
+        );
+        out.extend(
+            self.http
+                .sandbox
+                .iter()
+                .map(|u| format!("http.allow {}", u.text)),
+        );
+        out
     }
 
     pub fn max_response_bytes(&self) -> u64 {
@@ -593,6 +815,50 @@ mod tests {
             Policy::parse("[s3.a]\npath = \"x\"\naccess = [\"read\", \"destroy\"]\n").unwrap_err();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("destroy"), "{err}");
+    }
+
+    #[test]
+    fn exec_arguments_match_their_patterns_position_by_position() {
+        let p = Policy::parse(
+            "[exec.restart]\nprogram = \"/usr/bin/systemctl\"\nargs = [\"restart\", \"app@*.service\"]\n",
+        )
+        .unwrap();
+        let g = &p.exec["restart"];
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(g.mismatch(&a(&["restart", "app@blue.service"])), None);
+        assert!(
+            g.mismatch(&a(&["stop", "app@blue.service"]))
+                .unwrap()
+                .contains("argument 1")
+        );
+        assert!(
+            g.mismatch(&a(&["restart", "db.service"]))
+                .unwrap()
+                .contains("argument 2")
+        );
+        assert!(
+            g.mismatch(&a(&["restart"]))
+                .unwrap()
+                .contains("1 arguments given")
+        );
+        assert_eq!(g.timeout.0, std::time::Duration::from_secs(30));
+        assert!(glob_match("a*b*c", "aXbYc") && glob_match("*", "") && !glob_match("a*b", "ab-"));
+        let err = Policy::parse("[exec.x]\nprogram = \"sh\"\n").unwrap_err();
+        assert!(err.contains("absolute path"), "{err}");
+    }
+
+    #[test]
+    fn net_entries_grant_hosts_and_ports() {
+        let p =
+            Policy::parse("[net]\nallow = [\"db.internal:3306\", \"app:*\", \"dns.example\"]\n")
+                .unwrap();
+        assert!(p.net.allows("db.internal", Some(3306)).is_some());
+        assert!(p.net.allows("db.internal", Some(22)).is_none());
+        assert!(p.net.allows("db.internal", None).is_some());
+        assert!(p.net.allows("app", Some(8080)).is_some());
+        assert!(p.net.allows("dns.example", Some(53)).is_none());
+        assert!(p.net.allows("other", None).is_none());
+        assert!(Policy::parse("[net]\nallow = [\"db:http\"]\n").is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum LoadError {
     #[error("{path} is not a valid component: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error(
-        "{path} was built for {found}, which this drhost does not support: it implements drhost:plugin@{supported} (compatible: 0.1.x). Rebuild the plugin against wit/ of this drhost"
+        "{path} was built for {found}, which this drhost does not support: it implements drhost:plugin@{supported} (compatible: 0.2.x). Rebuild the plugin against wit/ of this drhost"
     )]
     WrongVersion {
         path: PathBuf,
@@ -154,6 +154,8 @@ impl Runtime {
         link(p::state::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
         link(p::s3::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
         link(p::db::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::exec::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
+        link(p::net::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s))?;
         link(p::backup::add_to_linker::<_, HasSelf<_>>(
             &mut linker,
             |s| s,

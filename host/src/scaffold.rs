@@ -64,7 +64,37 @@ const WIT: &[(&str, &str)] = &[
     ),
 ];
 
-const WORLD: &str = "drhost:plugin/scenario@0.1.0";
+const WORLD: &str = "drhost:plugin/scenario@0.2.0";
+
+/// The Rust SDK, vendored into Rust projects as `drhost-plugin/` until it is
+/// published, so a project builds outside this repository.
+const SDK: &[(&str, &str)] = &[
+    ("lib.rs", include_str!("../../plugins/sdk/src/lib.rs")),
+    ("error.rs", include_str!("../../plugins/sdk/src/error.rs")),
+    ("health.rs", include_str!("../../plugins/sdk/src/health.rs")),
+    ("http.rs", include_str!("../../plugins/sdk/src/http.rs")),
+    (
+        "listing.rs",
+        include_str!("../../plugins/sdk/src/listing.rs"),
+    ),
+    (
+        "scenario.rs",
+        include_str!("../../plugins/sdk/src/scenario.rs"),
+    ),
+    ("smoke.rs", include_str!("../../plugins/sdk/src/smoke.rs")),
+    ("wait.rs", include_str!("../../plugins/sdk/src/wait.rs")),
+];
+
+const SDK_CARGO: &str = r#"[package]
+name = "drhost-plugin"
+version = "0.1.0"
+edition = "2024"
+publish = false
+description = "The drhost plugin SDK, vendored by drhost new"
+
+[dependencies]
+wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"] }
+"#;
 
 /// Writes the project into `dir` (which must not exist or be empty) and
 /// returns the files written.
@@ -106,11 +136,8 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, Scaffo
                     RUST_CARGO.replace("{name}", name),
                     false,
                 ),
-                (
-                    "src/lib.rs".into(),
-                    RUST_LIB.replace("{name}", name).replace("{world}", WORLD),
-                    false,
-                ),
+                ("src/lib.rs".into(), RUST_LIB.replace("{name}", name), false),
+                ("drhost-plugin/Cargo.toml".into(), SDK_CARGO.into(), false),
                 (
                     "build.sh".into(),
                     format!(
@@ -153,6 +180,13 @@ pub fn create(dir: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, Scaffo
         ),
     };
     files.extend(source);
+    if lang == Lang::Rust {
+        // The SDK finds the interface one level up: the project's own wit/.
+        files.extend(SDK.iter().map(|(f, text)| {
+            let text = text.replace("path: \"../../wit\"", "path: \"../wit\"");
+            (format!("drhost-plugin/src/{f}"), text, false)
+        }));
+    }
     let build = build.replace("{snake}", &snake).replace("{wasm}", &wasm);
     files.push((
         "README.md".into(),
@@ -221,7 +255,7 @@ drhost test {wasm} --policy {name}.policy.toml
 drhost run {wasm} --policy {name}.policy.toml
 ```
 
-The interface is in `wit/drhost.wit` (world `drhost:plugin/scenario@0.1.0`),
+The interface is in `wit/drhost.wit` (world `drhost:plugin/scenario@0.2.0`),
 every function documented there. Grant what the steps need in
 `{name}.policy.toml`; a step that calls a capability it was not granted gets a
 `denied` error naming the grant that would allow it.
@@ -237,7 +271,7 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"] }
+drhost-plugin = { path = "drhost-plugin" }
 
 [profile.release]
 opt-level = "s"
@@ -251,61 +285,59 @@ panic = "abort"
 "#;
 
 const RUST_LIB: &str = r#"//! The {name} scenario: detect, and report what was found.
+//!
+//! Written with the drhost SDK (`drhost-plugin/`, vendored): the metadata
+//! reads like the plan, and a step is a function that returns a StepResult.
 
-wit_bindgen::generate!({
-    path: "wit",
-    world: "{world}",
-    generate_all,
-});
+use drhost_plugin::error::{StepResult, outcome};
+use drhost_plugin::scenario::{Scenario, component, detect, minutes};
+use drhost_plugin::{ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, finding, info};
 
-use drhost::plugin::log;
-use drhost::plugin::types::{
-    Component, ComponentKind, Finding, Outcome, Phase, Priority, ScenarioInfo, Step,
-};
-use exports::drhost::plugin::plugin::Guest;
+struct Plugin;
 
-struct Scenario;
+fn scenario() -> Scenario {
+    Scenario::new("{name}", "0.1.0")
+        .about("Checks the service and reports what it finds")
+        .component(
+            component("service", ComponentKind::Application, Priority::P1)
+                .rto(minutes(30))
+                .rpo(minutes(60))
+                .about("the service this scenario protects"),
+        )
+        .step(
+            detect("check", "service")
+                .within(minutes(1))
+                .about("confirm the service is healthy"),
+        )
+}
 
-impl Guest for Scenario {
+fn check() -> StepResult {
+    info("checking the service");
+    Ok(Outcome::Ok(vec![finding("status", "healthy")]))
+}
+
+impl Guest for Plugin {
     fn info() -> ScenarioInfo {
-        ScenarioInfo {
-            name: "{name}".into(),
-            version: "0.1.0".into(),
-            description: "Checks the service and reports what it finds".into(),
-            components: vec![Component {
-                name: "service".into(),
-                kind: ComponentKind::Application,
-                priority: Priority::P1,
-                rto_seconds: 1800,
-                rpo_seconds: 3600,
-                description: "the service this scenario protects".into(),
-            }],
-            steps: vec![Step {
-                id: "check".into(),
-                phase: Phase::Detect,
-                component: "service".into(),
-                budget_seconds: 60,
-                mutating: false,
-                description: "confirm the service is healthy".into(),
-            }],
-        }
+        scenario().build()
     }
 
     fn run_step(id: String, _context: Vec<Finding>) -> Outcome {
-        match id.as_str() {
-            "check" => {
-                log::log(log::Level::Info, "checking the service");
-                Outcome::Ok(vec![Finding {
-                    key: "status".into(),
-                    value: "healthy".into(),
-                }])
-            }
-            other => Outcome::Failed(format!("unknown step {other}")),
-        }
+        outcome(match id.as_str() {
+            "check" => check(),
+            other => Err(format!("unknown step {other}").into()),
+        })
     }
 }
 
-export!(Scenario);
+drhost_plugin::export!(Plugin with_types_in drhost_plugin::bindings);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metadata_is_valid() {
+        assert_eq!(super::scenario().problems(), Vec::<String>::new());
+    }
+}
 "#;
 
 const PY_APP: &str = r#""""The {name} scenario: detect, and report what was found.
@@ -353,7 +385,7 @@ class Plugin(exports.Plugin):
 
 const JS_APP: &str = r#"// The {name} scenario: detect, and report what was found.
 // Built with componentize-js against wit/ (see build.sh).
-import { log } from 'drhost:plugin/log@0.1.0';
+import { log } from 'drhost:plugin/log@0.2.0';
 
 export const plugin = {
   info() {

@@ -125,6 +125,7 @@ pub fn run_opts(dir: &Path, policy: Policy) -> drhost::orchestrator::RunOptions 
         phase: None,
         plan: false,
         backups: None,
+        drill: false,
     }
 }
 

@@ -160,6 +160,7 @@ impl Target {
             path_style: self.path_style,
             access_key_id: self.access_key_id.clone(),
             secret_access_key: self.secret_access_key.clone(),
+            sandbox: false,
         }
     }
 }

@@ -9,7 +9,9 @@
 
 pub mod backup;
 pub mod db;
+pub mod exec;
 pub mod http;
+pub mod net;
 pub mod output;
 pub mod s3;
 pub mod state;
@@ -19,7 +21,7 @@ use crate::bindings::CapError;
 use crate::policy::Policy;
 use serde_json::{Map, Value, json};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -113,6 +115,11 @@ pub struct Gate {
     audit: Mutex<Option<AuditWriter>>,
     step: Mutex<String>,
     pub counters: Counters,
+    /// A drill's inject step is running: only sandbox grants may be used.
+    inject: AtomicBool,
+    /// Grants marked `sandbox = true`, as the decisions name them
+    /// (`s3.alias`, `db.name`, `exec.name`, `backup.source`, `http.allow URL`).
+    sandbox: Vec<String>,
 }
 
 impl Gate {
@@ -128,7 +135,45 @@ impl Gate {
             audit: Mutex::new(audit),
             step: Mutex::new(String::new()),
             counters: Counters::default(),
+            inject: AtomicBool::new(false),
+            sandbox: Vec::new(),
         }
+    }
+
+    /// The grants a drill's inject steps may use.
+    pub fn with_sandbox(mut self, sandbox: Vec<String>) -> Self {
+        self.sandbox = sandbox;
+        self
+    }
+
+    /// Marks the start (true) or end (false) of an inject step.
+    pub fn set_inject(&self, on: bool) {
+        self.inject.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether every part of an allowing grant is a sandbox grant. A backup
+    /// restore also replaces its `restore-to` source, which must be one too.
+    fn sandboxed(&self, grant: &str) -> Result<(), String> {
+        for part in grant.split("; ") {
+            if part.starts_with("state ") {
+                continue;
+            }
+            let resource = part.split(' ').next().unwrap_or(part);
+            let ok = self
+                .sandbox
+                .iter()
+                .any(|s| part == s || resource == s.as_str());
+            if !ok {
+                return Err(resource.to_string());
+            }
+            if let Some(to) = part.split(" restore-to=").nth(1) {
+                let to = format!("backup.{to}");
+                if !self.sandbox.contains(&to) {
+                    return Err(to);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn set_step(&self, step: &str) {
@@ -178,6 +223,20 @@ impl Gate {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let planned = self.plan && call.mutating;
+        let decision = match decision {
+            Decision::Allow(grant) if self.inject.load(Ordering::SeqCst) => {
+                match self.sandboxed(&grant) {
+                    Ok(()) => Decision::Allow(grant),
+                    Err(resource) => Decision::Deny {
+                        needed: format!("{resource} sandbox"),
+                        message: format!(
+                            "a drill's inject step may only use sandbox resources: mark [{resource}] sandbox = true in the drill's policy if it holds no production data"
+                        ),
+                    },
+                }
+            }
+            d => d,
+        };
         let (grant, result) = match decision {
             Decision::Allow(grant) if planned => (
                 grant,
@@ -266,4 +325,6 @@ pub struct Caps {
     pub http: http::HttpCap,
     pub state: state::StateCap,
     pub backup: backup::BackupCap,
+    pub exec: exec::ExecCap,
+    pub net: net::NetCap,
 }

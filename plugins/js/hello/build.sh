@@ -12,4 +12,4 @@ if ! [ -x "$bin" ] || [ "$("$bin" --version)" != "0.23.0" ]; then
     (cd "$js" && npm install --no-audit --no-fund --silent)
 fi
 mkdir -p "$(dirname "$out")"
-"$bin" "$here/hello.js" --wit "$root/wit" -n drhost:plugin/scenario@0.1.0 -o "$out"
+"$bin" "$here/hello.js" --wit "$root/wit" -n drhost:plugin/scenario@0.2.0 -o "$out"

@@ -1,7 +1,7 @@
 // The hello scenario in JavaScript: one detect step that reports healthy and
 // counts its runs in the plugin's state. Built with componentize-js against
-// wit/ (world drhost:plugin/scenario@0.1.0); see build.sh.
-import { get, set } from 'drhost:plugin/state@0.1.0';
+// wit/ (world drhost:plugin/scenario@0.2.0); see build.sh.
+import { get, set } from 'drhost:plugin/state@0.2.0';
 
 export const plugin = {
   info() {

@@ -6,9 +6,9 @@
 //
 // Grants it needs: `primary` with read, list, write, delete; `secondary`
 // with read, list. Built with componentize-js against wit/ (see build.sh).
-import { log } from 'drhost:plugin/log@0.1.0';
-import { nowMs } from 'drhost:plugin/clock@0.1.0';
-import { listObjects, checksum, copy, put, get, 'delete' as del } from 'drhost:plugin/s3@0.1.0';
+import { log } from 'drhost:plugin/log@0.2.0';
+import { nowMs } from 'drhost:plugin/clock@0.2.0';
+import { listObjects, checksum, copy, put, get, 'delete' as del } from 'drhost:plugin/s3@0.2.0';
 
 const PRIMARY = 'primary';
 const SECONDARY = 'secondary';

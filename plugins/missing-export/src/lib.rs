@@ -1,9 +1,9 @@
-//! Test fixture: claims drhost:plugin@0.1.0 but its `plugin` interface lacks
+//! Test fixture: claims drhost:plugin@0.2.0 but its `plugin` interface lacks
 //! `info` and has a `run-step` of the wrong shape.
 
 wit_bindgen::generate!({
     inline: r#"
-        package drhost:plugin@0.1.0;
+        package drhost:plugin@0.2.0;
         interface plugin {
             run-step: func(id: string) -> string;
         }

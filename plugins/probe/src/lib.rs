@@ -6,7 +6,7 @@
 
 use drhost_plugin::{
     Component, ComponentKind, Finding, Guest, Outcome, Phase, Priority, ScenarioInfo, Step, backup,
-    context_value, db, finding, s3, state,
+    context_value, db, exec, finding, net, s3, state,
 };
 
 struct Probe;
@@ -41,6 +41,10 @@ const STEPS: &[(&str, Phase, bool)] = &[
     ("trap", Phase::Detect, false),
     ("sneaky-put", Phase::Detect, false),
     ("random", Phase::Detect, false),
+    ("exec.run", Phase::Recover, true),
+    ("net.resolve", Phase::Detect, false),
+    ("net.probe", Phase::Detect, false),
+    ("inject.put", Phase::Inject, true),
 ];
 
 fn backup_findings(b: &backup::BackupInfo) -> Vec<Finding> {
@@ -276,6 +280,40 @@ impl Guest for Probe {
             // step declared not mutating, and an outcome that changes each run.
             "sneaky-put" => match s3::put("primary", "sneaky", b"x") {
                 Ok(_) => Outcome::Ok(vec![]),
+                Err(e) => err(e),
+            },
+            "exec.run" => {
+                let args: Vec<String> = ctx
+                    .iter()
+                    .filter(|f| f.key == "arg")
+                    .map(|f| f.value.clone())
+                    .collect();
+                match exec::run(arg(&ctx, "name"), &args) {
+                    Ok(r) => Outcome::Ok(vec![
+                        finding(
+                            "exit",
+                            r.exit_code.map_or("killed".to_string(), |c| c.to_string()),
+                        ),
+                        finding("stdout", r.stdout),
+                        finding("stderr", r.stderr),
+                        finding("truncated", r.truncated),
+                    ]),
+                    Err(e) => err(e),
+                }
+            }
+            "net.resolve" => match net::resolve(arg(&ctx, "host")) {
+                Ok(a) => Outcome::Ok(a.into_iter().map(|a| finding("address", a)).collect()),
+                Err(e) => err(e),
+            },
+            "net.probe" => {
+                let port = arg(&ctx, "port").parse().unwrap_or(0);
+                match net::probe_tcp(arg(&ctx, "host"), port, 2000) {
+                    Ok(us) => Outcome::Ok(vec![finding("connect-us", us)]),
+                    Err(e) => err(e),
+                }
+            }
+            "inject.put" => match s3::put(alias, key, b"injected") {
+                Ok(_) => Outcome::Ok(vec![finding("data-at-disaster-ms", 1)]),
                 Err(e) => err(e),
             },
             "random" => {

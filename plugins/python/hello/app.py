@@ -1,6 +1,6 @@
 """The hello scenario in Python: one detect step that reports healthy and
 counts its runs in the plugin's state. Built with componentize-py against
-wit/ (world drhost:plugin/scenario@0.1.0); see build.sh."""
+wit/ (world drhost:plugin/scenario@0.2.0); see build.sh."""
 
 from componentize_py_types import Err
 from wit_world import exports

@@ -8,4 +8,4 @@ command -v componentize-py >/dev/null 2>&1 && componentize-py --version | grep -
     || python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
 mkdir -p "$(dirname "$out")"
 cd "$here"
-componentize-py -d "$root/wit" -w drhost:plugin/scenario@0.1.0 componentize app -o "$out"
+componentize-py -d "$root/wit" -w drhost:plugin/scenario@0.2.0 componentize app -o "$out"

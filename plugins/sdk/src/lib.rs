@@ -1,16 +1,72 @@
-//! Bindings and small helpers for drhost scenario plugins written in Rust.
+//! The Rust SDK for drhost scenario plugins.
 //!
 //! A plugin implements [`Guest`] and exports it with
 //! `drhost_plugin::export!(MyScenario with_types_in drhost_plugin::bindings);`.
 //! Every capability is reachable through the re-exported modules
-//! ([`s3`], [`db`], [`backup`], [`state`], [`log`], [`clock`]) and [`http`] for
-//! outgoing requests.
+//! ([`s3`], [`db`], [`backup`], [`exec`], [`net`], [`state`], [`log`],
+//! [`clock`]) and [`http`] for
+//! outgoing requests. On top of them:
+//!
+//! * [`scenario`]: the metadata as the plan writes it (components with RTO
+//!   and RPO, numbered steps with budgets), with [`scenario::Scenario::problems`]
+//!   to check it in a unit test;
+//! * [`error`]: [`error::StepError`] and [`error::Context::during`], so a
+//!   step is a function with `?` and its failure reads as one line;
+//! * [`health`]: HTTP health checks with retries;
+//! * [`listing`]: two listings compared by size and host-side sha256;
+//! * [`smoke`]: smoke queries with expected values;
+//! * [`wait`]: polling for a condition within the step's budget.
+//!
+//! A whole plugin, as `plugins/app-health` writes it:
+//!
+//! ```no_run
+//! use drhost_plugin::error::{StepResult, outcome};
+//! use drhost_plugin::health::HealthCheck;
+//! use drhost_plugin::scenario::{Scenario, component, detect, minutes, seconds, verify};
+//! use drhost_plugin::{ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo};
+//!
+//! struct AppHealth;
+//!
+//! const URL: &str = "http://127.0.0.1:8080/health";
+//!
+//! impl Guest for AppHealth {
+//!     fn info() -> ScenarioInfo {
+//!         Scenario::new("app-health", "0.1.0")
+//!             .component(
+//!                 component("application", ComponentKind::Application, Priority::P0)
+//!                     .rto(minutes(30))
+//!                     .rpo(minutes(60)),
+//!             )
+//!             .step(detect("confirm-failure", "application").within(seconds(60)))
+//!             .step(verify("verify-service", "application").within(minutes(5)))
+//!             .build()
+//!     }
+//!
+//!     fn run_step(id: String, _context: Vec<Finding>) -> Outcome {
+//!         match id.as_str() {
+//!             "confirm-failure" => match HealthCheck::new(URL).run() {
+//!                 Ok(h) => Outcome::Ok(h.findings()),
+//!                 Err(sick) => Outcome::Detected(sick.findings()),
+//!             },
+//!             "verify-service" => outcome(verify_service()),
+//!             other => Outcome::Failed(format!("unknown step {other}")),
+//!         }
+//!     }
+//! }
+//!
+//! fn verify_service() -> StepResult {
+//!     let h = HealthCheck::new(URL).attempts(5).run()?;
+//!     Ok(Outcome::Ok(h.findings()))
+//! }
+//!
+//! drhost_plugin::export!(AppHealth with_types_in drhost_plugin::bindings);
+//! ```
 
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "drhost:plugin/scenario@0.1.0",
+        world: "drhost:plugin/scenario@0.2.0",
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "drhost_plugin::bindings",
@@ -18,12 +74,18 @@ pub mod bindings {
     });
 }
 
-pub use bindings::drhost::plugin::{backup, clock, db, log, s3, state, types};
+pub use bindings::drhost::plugin::{backup, clock, db, exec, log, net, s3, state, types};
 pub use bindings::export;
 pub use bindings::exports::drhost::plugin::plugin::Guest;
 pub use types::{Component, ComponentKind, Finding, Outcome, Phase, Priority, ScenarioInfo, Step};
 
+pub mod error;
+pub mod health;
 pub mod http;
+pub mod listing;
+pub mod scenario;
+pub mod smoke;
+pub mod wait;
 
 /// A capability error as one readable line: `denied: …`, `not found: …`.
 pub fn describe(e: &types::Error) -> String {

@@ -5,80 +5,146 @@
 //!
 //! Grants it needs (see examples/quickstart/storage-failover.policy.toml):
 //! `primary` with read, list, write, delete; `secondary` with read, list.
+//!
+//! As a drill (`drhost drill`, examples/quickstart/drill.toml) it first
+//! injects the disaster into sandbox buckets: a data set of six objects
+//! written at ten-minute intervals up to now (the key holds the time), then
+//! the two newest lost from the primary and the oldest corrupted. Setting the
+//! state key `drill.damage-secondary` makes the secondary lose the two newest
+//! as well, so that recovery cannot meet the RPO and the drill must fail.
 
+use drhost_plugin::error::{Context, StepResult, outcome};
+use drhost_plugin::listing::compare_aliases;
+use drhost_plugin::scenario::{Scenario, component, detect, inject, minutes, recover, verify};
 use drhost_plugin::{
-    Component, ComponentKind, Finding, Guest, Outcome, Phase, Priority, ScenarioInfo, Step, clock,
-    describe, finding, info, list_all, s3, warn,
+    ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, clock, context_value, finding,
+    info, list_all, s3, state, warn,
 };
-use std::collections::BTreeMap;
 
 const PRIMARY: &str = "primary";
 const SECONDARY: &str = "secondary";
 const CANARY_PREFIX: &str = ".drhost-canary/";
+/// Where a drill writes its data set; keys are `drill/<ms since epoch>.txt`.
+const DRILL_PREFIX: &str = "drill/";
+const DRILL_OBJECTS: u64 = 6;
+const DRILL_SPACING_MS: u64 = 10 * 60 * 1000;
 
 struct StorageFailover;
 
-/// Keys that are missing from the primary or differ from the secondary.
-struct Damage {
-    missing: Vec<String>,
-    corrupted: Vec<String>,
-    checked: usize,
+fn scenario() -> Scenario {
+    Scenario::new("storage-failover", "0.1.0")
+        .about("Scenario 3: restore lost or corrupted objects of the primary bucket from the secondary")
+        .component(
+            component("object-storage", ComponentKind::Storage, Priority::P1)
+                .rto(minutes(60))
+                .rpo(minutes(15))
+                .about("user files in the primary bucket, replicated to the secondary"),
+        )
+        .step(
+            inject("lose-and-corrupt-objects", "object-storage")
+                .within(minutes(5))
+                .mutating()
+                .about("write a data set to both sandbox buckets, then lose two objects and corrupt one in the primary"),
+        )
+        .step(
+            detect("confirm-failure", "object-storage")
+                .within(minutes(5))
+                .about("compare the primary's listing and checksums with the secondary's"),
+        )
+        .step(
+            recover("restore-from-secondary", "object-storage")
+                .within(minutes(30))
+                .mutating()
+                .about("copy every missing or corrupted object back from the secondary"),
+        )
+        .step(
+            verify("verify-integrity", "object-storage")
+                .within(minutes(10))
+                .about("every object of the secondary is in the primary with the same sha256"),
+        )
+        .step(
+            verify("verify-upload-download", "object-storage")
+                .within(minutes(10))
+                .mutating()
+                .about("upload, download and delete a canary object in the primary"),
+        )
 }
 
-fn compare() -> Result<Damage, String> {
-    let secondary =
-        list_all(SECONDARY, "").map_err(|e| format!("listing secondary: {}", describe(&e)))?;
-    let primary: BTreeMap<String, s3::ObjectInfo> = list_all(PRIMARY, "")
-        .map_err(|e| format!("listing primary: {}", describe(&e)))?
-        .into_iter()
-        .map(|o| (o.key.clone(), o))
-        .collect();
-    let mut damage = Damage {
-        missing: vec![],
-        corrupted: vec![],
-        checked: 0,
-    };
-    for want in secondary
-        .iter()
-        .filter(|o| !o.key.starts_with(CANARY_PREFIX))
-    {
-        damage.checked += 1;
-        match primary.get(&want.key) {
-            None => damage.missing.push(want.key.clone()),
-            // Different sizes need no checksum to be told apart.
-            Some(have) if have.size != want.size => damage.corrupted.push(want.key.clone()),
-            Some(_) => {
-                let a = s3::checksum(PRIMARY, &want.key).map_err(|e| describe(&e))?;
-                let b = s3::checksum(SECONDARY, &want.key).map_err(|e| describe(&e))?;
-                if a != b {
-                    damage.corrupted.push(want.key.clone());
-                }
-            }
+fn drill_key(ms: u64) -> String {
+    format!("{DRILL_PREFIX}{ms:013}.txt")
+}
+
+/// The time a drill object was written, from its key.
+fn drill_time(key: &str) -> Option<u64> {
+    key.strip_prefix(DRILL_PREFIX)?
+        .strip_suffix(".txt")?
+        .parse()
+        .ok()
+}
+
+fn inject_disaster() -> StepResult {
+    for alias in [PRIMARY, SECONDARY] {
+        for o in list_all(alias, DRILL_PREFIX).during(format!("listing {alias}"))? {
+            s3::delete(alias, &o.key).during(format!("clearing {alias}/{}", o.key))?;
         }
     }
-    Ok(damage)
+    let now = clock::now_ms();
+    let keys: Vec<String> = (0..DRILL_OBJECTS)
+        .rev()
+        .map(|i| drill_key(now - i * DRILL_SPACING_MS))
+        .collect();
+    for key in &keys {
+        let body = format!("drill data {key}");
+        for alias in [SECONDARY, PRIMARY] {
+            s3::put(alias, key, body.as_bytes()).during(format!("writing {alias}/{key}"))?;
+        }
+    }
+    let newest = &keys[keys.len() - 2..];
+    for key in newest {
+        s3::delete(PRIMARY, key).during(format!("losing {key}"))?;
+    }
+    s3::put(PRIMARY, &keys[0], b"corrupted by the drill").during("corrupting the oldest")?;
+    let damage_secondary = state::get("drill.damage-secondary").is_some();
+    if damage_secondary {
+        for key in newest {
+            s3::delete(SECONDARY, key).during(format!("losing {key} from the secondary"))?;
+        }
+    }
+    warn(&format!(
+        "drill: lost {} and corrupted {} in the primary{}",
+        newest.join(", "),
+        keys[0],
+        if damage_secondary { ", and lost the same from the secondary" } else { "" }
+    ));
+    Ok(Outcome::Ok(vec![
+        finding("data-at-disaster-ms", now),
+        finding("objects-written", keys.len()),
+        finding("lost", newest.len()),
+        finding("corrupted", 1),
+        finding("secondary-damaged", damage_secondary),
+    ]))
 }
 
-fn confirm_failure() -> Outcome {
-    let damage = match compare() {
+fn confirm_failure() -> StepResult {
+    let damage = match compare_aliases(SECONDARY, PRIMARY, "", &[CANARY_PREFIX]) {
         Ok(d) => d,
         // An unreachable primary is the failure itself.
-        Err(e) if e.starts_with("listing primary") => {
-            return Outcome::Detected(vec![finding("primary-unreachable", e)]);
+        Err(e) if e.during() == format!("listing {PRIMARY}") => {
+            return Ok(Outcome::Detected(vec![finding("primary-unreachable", e)]));
         }
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return Err(e),
     };
     let mut out = vec![
         finding("objects-checked", damage.checked),
         finding("missing", damage.missing.len()),
         finding("corrupted", damage.corrupted.len()),
     ];
-    if damage.missing.is_empty() && damage.corrupted.is_empty() {
+    if damage.is_clean() {
         info(&format!(
             "primary matches secondary ({} objects)",
             damage.checked
         ));
-        return Outcome::Ok(out);
+        return Ok(Outcome::Ok(out));
     }
     warn(&format!(
         "primary bucket damaged: {} missing, {} corrupted of {}",
@@ -86,124 +152,98 @@ fn confirm_failure() -> Outcome {
         damage.corrupted.len(),
         damage.checked
     ));
-    out.extend(
-        damage
-            .missing
-            .iter()
-            .chain(&damage.corrupted)
-            .map(|k| finding("damaged", k)),
-    );
-    Outcome::Detected(out)
+    out.extend(damage.damaged().map(|k| finding("damaged", k)));
+    Ok(Outcome::Detected(out))
 }
 
-fn restore(context: &[Finding]) -> Outcome {
-    let damaged: Vec<&str> = context
-        .iter()
-        .filter(|f| f.key == "damaged")
-        .map(|f| f.value.as_str())
-        .collect();
+fn restore(context: &[Finding]) -> StepResult {
     let mut restored = 0u64;
     let mut bytes = 0u64;
-    for key in &damaged {
-        match s3::copy(SECONDARY, key, PRIMARY, key) {
-            Ok(o) => {
-                restored += 1;
-                bytes += o.size;
-            }
-            Err(e) => {
-                return Outcome::Failed(format!(
-                    "restoring {key} from secondary: {}",
-                    describe(&e)
-                ));
-            }
-        }
+    for key in context
+        .iter()
+        .filter(|f| f.key == "damaged")
+        .map(|f| &f.value)
+    {
+        let o = s3::copy(SECONDARY, key, PRIMARY, key)
+            .during(format!("restoring {key} from secondary"))?;
+        restored += 1;
+        bytes += o.size;
     }
     info(&format!(
         "restored {restored} objects ({bytes} bytes) from secondary"
     ));
-    Outcome::Ok(vec![finding("restored", restored), finding("bytes", bytes)])
+    Ok(Outcome::Ok(vec![
+        finding("restored", restored),
+        finding("bytes", bytes),
+    ]))
 }
 
-fn verify_integrity() -> Outcome {
-    match compare() {
-        Ok(d) if d.missing.is_empty() && d.corrupted.is_empty() => {
-            Outcome::Ok(vec![finding("objects-verified", d.checked)])
-        }
-        Ok(d) => Outcome::Failed(format!(
+fn verify_integrity(context: &[Finding]) -> StepResult {
+    let c = compare_aliases(SECONDARY, PRIMARY, "", &[CANARY_PREFIX])?;
+    if !c.is_clean() {
+        return Err(format!(
             "primary still differs from secondary: {} missing, {} corrupted",
-            d.missing.len(),
-            d.corrupted.len()
-        )),
-        Err(e) => Outcome::Failed(e),
+            c.missing.len(),
+            c.corrupted.len()
+        )
+        .into());
     }
+    let mut out = vec![finding("objects-verified", c.checked)];
+    // In a drill: the newest data the primary holds again, for the RPO.
+    if context_value(context, "data-at-disaster-ms").is_some() {
+        let newest = list_all(PRIMARY, DRILL_PREFIX)
+            .during("listing the drill's data in the primary")?
+            .iter()
+            .filter_map(|o| drill_time(&o.key))
+            .max()
+            .unwrap_or(0);
+        out.push(finding("data-recovered-ms", newest));
+    }
+    Ok(Outcome::Ok(out))
 }
 
-fn verify_upload_download() -> Outcome {
+fn verify_upload_download() -> StepResult {
     let key = format!("{CANARY_PREFIX}{}", clock::now_ms());
     let body = format!("drhost canary {key}");
-    let result = s3::put(PRIMARY, &key, body.as_bytes())
-        .map_err(|e| format!("upload failed: {}", describe(&e)))
-        .and_then(|_| {
-            s3::get(PRIMARY, &key).map_err(|e| format!("download failed: {}", describe(&e)))
-        });
+    let round_trip = s3::put(PRIMARY, &key, body.as_bytes())
+        .during("upload failed")
+        .and_then(|_| s3::get(PRIMARY, &key).during("download failed"));
     // Remove the canary whatever happened, so the bucket is left as found.
-    let cleanup = s3::delete(PRIMARY, &key);
-    match (result, cleanup) {
-        (Ok(got), Ok(())) if got == body.as_bytes() => {
-            Outcome::Ok(vec![finding("canary", key), finding("round-trip", "ok")])
-        }
-        (Ok(_), Ok(())) => Outcome::Failed("downloaded canary differs from upload".into()),
-        (Err(e), _) => Outcome::Failed(e),
-        (Ok(_), Err(e)) => {
-            Outcome::Failed(format!("could not delete canary {key}: {}", describe(&e)))
-        }
+    let cleanup = s3::delete(PRIMARY, &key).during(format!("could not delete canary {key}"));
+    let got = round_trip?;
+    cleanup?;
+    if got != body.as_bytes() {
+        return Err("downloaded canary differs from upload".into());
     }
+    Ok(Outcome::Ok(vec![
+        finding("canary", key),
+        finding("round-trip", "ok"),
+    ]))
 }
 
 impl Guest for StorageFailover {
     fn info() -> ScenarioInfo {
-        let step = |id: &str, phase, budget, mutating, description: &str| Step {
-            id: id.into(),
-            phase,
-            component: "object-storage".into(),
-            budget_seconds: budget,
-            mutating,
-            description: description.into(),
-        };
-        ScenarioInfo {
-            name: "storage-failover".into(),
-            version: "0.1.0".into(),
-            description: "Scenario 3: restore lost or corrupted objects of the primary bucket from the secondary".into(),
-            components: vec![Component {
-                name: "object-storage".into(),
-                kind: ComponentKind::Storage,
-                priority: Priority::P1,
-                rto_seconds: 3600,
-                rpo_seconds: 900,
-                description: "user files in the primary bucket, replicated to the secondary".into(),
-            }],
-            steps: vec![
-                step("confirm-failure", Phase::Detect, 300, false,
-                     "compare the primary's listing and checksums with the secondary's"),
-                step("restore-from-secondary", Phase::Recover, 1800, true,
-                     "copy every missing or corrupted object back from the secondary"),
-                step("verify-integrity", Phase::Verify, 600, false,
-                     "every object of the secondary is in the primary with the same sha256"),
-                step("verify-upload-download", Phase::Verify, 600, true,
-                     "upload, download and delete a canary object in the primary"),
-            ],
-        }
+        scenario().build()
     }
 
     fn run_step(id: String, context: Vec<Finding>) -> Outcome {
-        match id.as_str() {
+        outcome(match id.as_str() {
             "confirm-failure" => confirm_failure(),
             "restore-from-secondary" => restore(&context),
-            "verify-integrity" => verify_integrity(),
+            "verify-integrity" => verify_integrity(&context),
+            "lose-and-corrupt-objects" => inject_disaster(),
             "verify-upload-download" => verify_upload_download(),
-            other => Outcome::Failed(format!("unknown step {other}")),
-        }
+            other => Err(format!("unknown step {other}").into()),
+        })
     }
 }
 
 drhost_plugin::export!(StorageFailover with_types_in drhost_plugin::bindings);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metadata_is_valid() {
+        assert_eq!(super::scenario().problems(), Vec::<String>::new());
+    }
+}

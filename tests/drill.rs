@@ -1,0 +1,631 @@
+//! Drills (`drhost drill`): the disaster injected into a sandbox, recovery
+//! measured against the targets, JUnit and reports written; and the two
+//! capabilities drills brought, `exec` and `net`.
+
+mod common;
+
+use common::*;
+use drhost::bindings::Outcome;
+use drhost::orchestrator::{self, RunError};
+use drhost::policy::Policy;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn drhost() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_drhost"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The quickstart's drill policy, copied into `dir` so its sandbox
+/// buckets (relative paths) land there.
+fn drill_policy(dir: &Path) -> PathBuf {
+    let p = dir.join("storage-failover.drill.policy.toml");
+    std::fs::copy(
+        repo().join("examples/quickstart/storage-failover.drill.policy.toml"),
+        &p,
+    )
+    .unwrap();
+    p
+}
+
+async fn drill(
+    dir: &Path,
+    policy: &Path,
+) -> Result<orchestrator::RunReport, drhost::drill::DrillError> {
+    drhost::drill::run(
+        runtime(),
+        &plugin_path("storage-failover"),
+        policy,
+        None,
+        &dir.join("runs"),
+        &dir.join("state"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn storage_drill_injects_the_disaster_detects_recovers_and_meets_its_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = drill(dir.path(), &drill_policy(dir.path())).await.unwrap();
+    let table = orchestrator::render_table(&r);
+    assert_eq!(r.mode, "drill");
+    assert_eq!(
+        (r.outcome.as_str(), r.exit_code),
+        ("recovered", 0),
+        "{table}"
+    );
+    let phases: Vec<(&str, &str)> = r
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("lose-and-corrupt-objects", "ok"),
+            ("confirm-failure", "detected"),
+            ("restore-from-secondary", "ok"),
+            ("verify-integrity", "ok"),
+            ("verify-upload-download", "ok"),
+        ]
+    );
+    let detect = &r.steps[1];
+    assert_eq!(get(&detect.findings, "missing"), Some("2"), "{table}");
+    assert_eq!(get(&detect.findings, "corrupted"), Some("1"), "{table}");
+    let c = &r.components[0];
+    assert_eq!(c.status, "recovered");
+    assert!(c.detection_s.is_some_and(|d| d >= 0.0), "{c:?}");
+    assert_eq!(c.rto_met, Some(true), "{c:?}");
+    // Every object of the data set came back: nothing was lost.
+    assert_eq!(c.achieved_rpo_s, Some(0.0), "{c:?}");
+    assert_eq!(c.rpo_met, Some(true));
+    // The primary holds the data set again, intact.
+    let primary = dir.path().join("work/drill/primary/drill");
+    let mut names: Vec<String> = std::fs::read_dir(&primary)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 6);
+    for n in &names {
+        let body = std::fs::read_to_string(primary.join(n)).unwrap();
+        assert_eq!(body, format!("drill data drill/{n}"));
+    }
+    // The inject step's calls are in the audit log, each allowed by a sandbox grant.
+    let records = drhost::audit::read(&r.audit_log).unwrap();
+    let injected: Vec<_> = records
+        .iter()
+        .filter(|l| l.record["type"] == "call" && l.record["step"] == "lose-and-corrupt-objects")
+        .collect();
+    assert!(injected.len() > 10);
+    assert!(injected.iter().all(|l| l.record["decision"] == "allow"));
+}
+
+#[tokio::test]
+async fn storage_drill_with_the_secondary_also_damaged_misses_the_rpo_and_the_report_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        drhost::caps::state::StateCap::load(&dir.path().join("state"), "storage-failover", 1 << 20)
+            .unwrap();
+    store
+        .set("drill.damage-secondary", b"yes".to_vec())
+        .unwrap();
+    store.persist().unwrap();
+    let r = drill(dir.path(), &drill_policy(dir.path())).await.unwrap();
+    let c = &r.components[0];
+    // The two newest objects (written at now and now - 10 min) are gone from
+    // both buckets: the newest data left is 20 minutes old, over the 15-minute RPO.
+    assert_eq!(c.achieved_rpo_s, Some(1200.0), "{c:?}");
+    assert_eq!(c.rpo_met, Some(false));
+    assert_eq!(c.rto_met, Some(true));
+    assert_eq!((r.outcome.as_str(), r.exit_code), ("target-missed", 3));
+
+    let md = drhost::report::markdown(&r);
+    assert!(md.contains("a target was missed"), "{md}");
+    assert!(md.contains("| 20 min 0 s ❌ | 15 min 0 s |"), "{md}");
+    let xml = drhost::report::junit(&[&r]);
+    assert!(
+        xml.contains("<failure message=\"lost 20 min 0 s of data, over the RPO of 15 min 0 s\"/>"),
+        "{xml}"
+    );
+    assert!(xml.contains("failures=\"1\""), "{xml}");
+}
+
+#[tokio::test]
+async fn an_inject_step_cannot_touch_a_grant_that_is_not_marked_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    // The run policy's grants, without sandbox = true.
+    std::fs::write(
+        &policy,
+        "[s3.primary]\npath = \"prod/primary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\
+         [s3.secondary]\npath = \"prod/secondary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("prod/primary")).unwrap();
+    std::fs::write(dir.path().join("prod/primary/keep.txt"), "production").unwrap();
+    let r = drill(dir.path(), &policy).await.unwrap();
+    assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1));
+    let inject = &r.steps[0];
+    assert_eq!(inject.outcome, "failed");
+    assert!(
+        inject
+            .detail
+            .contains("mark [s3.primary] sandbox = true in the drill's policy"),
+        "{}",
+        inject.detail
+    );
+    assert!(
+        r.steps[1..]
+            .iter()
+            .all(|s| s.outcome == "skipped" && s.detail == "the disaster could not be injected")
+    );
+    // Production is as it was.
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("prod/primary"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["keep.txt"]);
+    assert!(drhost::report::markdown(&r).contains("the drill failed"));
+}
+
+#[tokio::test]
+async fn inject_steps_run_only_in_a_drill_and_only_scenarios_with_one_can_be_drilled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = run_opts(dir.path(), Policy::deny_all());
+    opts.phase = orchestrator::parse_phase("inject");
+    let err = orchestrator::run(runtime(), &plugin_path("storage-failover"), opts)
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, RunError::Config(_)));
+    assert!(err.to_string().contains("only in `drhost drill`"), "{err}");
+
+    // A normal run of a scenario with an inject step never runs it.
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "[s3.primary]\npath = \"b/p\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\
+         [s3.secondary]\npath = \"b/s\"\naccess = [\"read\", \"list\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("b/s")).unwrap();
+    let r = orchestrator::run(
+        runtime(),
+        &plugin_path("storage-failover"),
+        run_opts(dir.path(), Policy::load(&policy).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(r.steps.iter().all(|s| s.phase != "inject"));
+    assert_eq!(r.outcome, "healthy");
+
+    let err = drhost::drill::run(
+        runtime(),
+        &plugin_path("app-health"),
+        &policy,
+        None,
+        &dir.path().join("runs"),
+        &dir.path().join("state"),
+    )
+    .await
+    .expect_err("refused");
+    assert!(err.to_string().contains("declares no inject step"), "{err}");
+}
+
+#[test]
+fn drill_cli_writes_junit_and_reports_and_drills_every_example_with_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = drill_policy(dir.path());
+    let out = drhost()
+        .arg("drill")
+        .arg(plugin_path("storage-failover"))
+        .arg("--policy")
+        .arg(&policy)
+        .args([
+            "--junit",
+            "junit.xml",
+            "--report",
+            "report",
+            "--out",
+            "runs",
+        ])
+        .env("DRHOST_STATE_DIR", dir.path().join("state"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("data lost: 0.0 s (RPO 900 s) met"),
+        "{stdout}"
+    );
+    let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+    // Five steps and two targets.
+    assert!(
+        junit.contains("tests=\"7\" failures=\"0\" skipped=\"0\""),
+        "{junit}"
+    );
+    assert!(
+        junit.contains("name=\"inject lose-and-corrupt-objects\""),
+        "{junit}"
+    );
+    assert!(junit.contains("name=\"object-storage RTO\""), "{junit}");
+    let svg = std::fs::read_to_string(dir.path().join("report/timeline.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("RTO object-storage 60 min 0 s"),
+        "{svg}"
+    );
+    let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("the drill passed"),
+        "{html}"
+    );
+    let md = std::fs::read_to_string(dir.path().join("report/report.md")).unwrap();
+    assert!(md.contains("![steps against their budgets](timeline.svg)"));
+
+    // --all: every <dir>/*/drill.toml, one report directory each.
+    let examples = dir.path().join("examples");
+    for name in ["one", "two"] {
+        let d = examples.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(&policy, d.join("drill.policy.toml")).unwrap();
+        std::fs::write(
+            d.join("drill.toml"),
+            format!(
+                "description = \"{name}\"\nplugin = {:?}\npolicy = \"drill.policy.toml\"\n",
+                plugin_path("storage-failover")
+            ),
+        )
+        .unwrap();
+    }
+    let out = drhost()
+        .args([
+            "drill", "--all", "examples", "--report", "all", "--junit", "all.xml",
+        ])
+        .env("DRHOST_STATE_DIR", dir.path().join("state"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("all/one/report.html").is_file());
+    assert!(dir.path().join("all/two/report.html").is_file());
+    let junit = std::fs::read_to_string(dir.path().join("all.xml")).unwrap();
+    assert_eq!(junit.matches("<testsuite ").count(), 2);
+
+    let out = drhost()
+        .args(["drill", "--all", "nowhere"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+// ---- exec ----
+
+const EXEC_POLICY: &str = r#"
+[exec.greet]
+program = "/bin/echo"
+args = ["hello", "*"]
+
+[exec.nap]
+program = "/bin/sleep"
+args = ["*"]
+timeout = "300ms"
+
+[exec.count]
+program = "/usr/bin/seq"
+args = ["*"]
+max-output = "100 bytes"
+"#;
+
+#[tokio::test]
+async fn exec_runs_only_the_granted_program_with_arguments_matching_its_patterns() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps(EXEC_POLICY, dir.path()).await;
+    let f = ok(
+        &caps,
+        "exec.run",
+        &[
+            ("name", "greet"),
+            ("arg", "hello"),
+            ("arg", "world; rm -rf /"),
+        ],
+    )
+    .await;
+    // No shell: the argument reaches echo as it is.
+    assert_eq!(get(&f, "stdout"), Some("hello world; rm -rf /\n"));
+    assert_eq!(get(&f, "exit"), Some("0"));
+
+    let why = failed(
+        &caps,
+        "exec.run",
+        &[("name", "greet"), ("arg", "bye"), ("arg", "x")],
+    )
+    .await;
+    assert!(
+        why.contains("argument 1 \"bye\" does not match \"hello\""),
+        "{why}"
+    );
+    let why = failed(&caps, "exec.run", &[("name", "greet"), ("arg", "hello")]).await;
+    assert!(
+        why.contains("1 arguments given, the grant has 2 patterns"),
+        "{why}"
+    );
+    let why = failed(&caps, "exec.run", &[("name", "shell")]).await;
+    assert!(why.contains("add [exec.shell]"), "{why}");
+
+    flush(&caps);
+    let records = audit_records(dir.path());
+    let denied = records
+        .iter()
+        .filter(|r| r["interface"] == "exec" && r["decision"] == "deny")
+        .count();
+    assert_eq!(denied, 3);
+    let allowed = records
+        .iter()
+        .find(|r| r["interface"] == "exec" && r["decision"] == "allow")
+        .unwrap();
+    assert_eq!(allowed["exit_code"], 0);
+    assert_eq!(allowed["grant"], "exec.greet program=/bin/echo");
+}
+
+#[tokio::test]
+async fn exec_kills_a_program_past_its_timeout_and_caps_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps(EXEC_POLICY, dir.path()).await;
+    let f = ok(&caps, "exec.run", &[("name", "nap"), ("arg", "30")]).await;
+    assert_eq!(get(&f, "exit"), Some("killed"));
+
+    let f = ok(&caps, "exec.run", &[("name", "count"), ("arg", "100000")]).await;
+    assert_eq!(get(&f, "truncated"), Some("true"));
+    assert_eq!(get(&f, "stdout").unwrap().len(), 100);
+    assert_eq!(get(&f, "exit"), Some("0"));
+
+    // Plan mode records the run instead of starting the program.
+    let plan = caps_with(EXEC_POLICY, dir.path(), true, None).await;
+    let why = failed(
+        &plan,
+        "exec.run",
+        &[("name", "greet"), ("arg", "hello"), ("arg", "x")],
+    )
+    .await;
+    assert!(why.starts_with("planned:"), "{why}");
+}
+
+// ---- net ----
+
+#[tokio::test]
+async fn net_resolves_and_probes_only_the_hosts_and_ports_the_policy_lists() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = listener.local_addr().unwrap().port();
+    // A port that was free a moment ago: nothing listens on it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps(
+        &format!("[net]\nallow = [\"localhost\", \"127.0.0.1:{open}\", \"127.0.0.1:{closed}\"]\n"),
+        dir.path(),
+    )
+    .await;
+    let f = ok(&caps, "net.resolve", &[("host", "localhost")]).await;
+    assert!(all(&f, "address").contains(&"127.0.0.1"), "{f:?}");
+    let f = ok(
+        &caps,
+        "net.probe",
+        &[("host", "127.0.0.1"), ("port", &open.to_string())],
+    )
+    .await;
+    assert!(get(&f, "connect-us").is_some());
+    let why = failed(
+        &caps,
+        "net.probe",
+        &[("host", "127.0.0.1"), ("port", &closed.to_string())],
+    )
+    .await;
+    assert!(why.starts_with("unavailable:"), "{why}");
+    let why = failed(&caps, "net.probe", &[("host", "localhost"), ("port", "22")]).await;
+    assert!(
+        why.contains("localhost:22 is not in the policy's [net] allow list"),
+        "{why}"
+    );
+    let why = failed(&caps, "net.resolve", &[("host", "example.com")]).await;
+    assert!(why.starts_with("denied:"), "{why}");
+    drop(listener);
+}
+
+#[tokio::test]
+async fn an_inject_step_of_the_probe_is_denied_outside_the_sandbox_but_allowed_inside() {
+    // The gate, directly: an inject step may use only sandbox grants.
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps(
+        "[s3.sandbox]\npath = \"s\"\naccess = [\"write\"]\nsandbox = true\n\
+         [s3.prod]\npath = \"p\"\naccess = [\"write\"]\n",
+        dir.path(),
+    )
+    .await;
+    caps.gate.set_inject(true);
+    let f = ok(&caps, "inject.put", &[("alias", "sandbox"), ("key", "k")]).await;
+    assert_eq!(get(&f, "data-at-disaster-ms"), Some("1"));
+    let why = failed(&caps, "inject.put", &[("alias", "prod"), ("key", "k")]).await;
+    assert!(why.contains("mark [s3.prod] sandbox = true"), "{why}");
+    assert!(dir.path().join("s/k").exists());
+    assert!(!dir.path().join("p/k").exists());
+    caps.gate.set_inject(false);
+    // Outside injection the same grant works as usual.
+    assert!(matches!(
+        step(&caps, "inject.put", &[("alias", "prod"), ("key", "k")]).await,
+        Ok(Outcome::Ok(_))
+    ));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("p/k")).unwrap(),
+        "injected"
+    );
+}
+
+// ---- scenario 5, data corruption, on the private MariaDB with binary logging ----
+
+/// A fresh database on the binlog server, a drhost.toml backing it up to a
+/// local target, and the drill policy granting it as a sandbox.
+async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
+    use sqlx::{Connection, Executor};
+    let base = mariadb_binlog_url();
+    let base = base.rsplit_once('/').unwrap().0.to_string();
+    let db = format!("drhost_bk_dc_{}", unique().replace('-', "_"));
+    let mut c = sqlx::MySqlConnection::connect(&format!("{base}/test"))
+        .await
+        .unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    let url = format!("{base}/{db}");
+    let (secret, recipient) = drhost::backup::keygen();
+    std::fs::write(dir.join("key.txt"), format!("{secret}\n")).unwrap();
+    let config = dir.join("drhost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\nrecipients = [\"{recipient}\"]\nidentity = \"key.txt\"\n\
+             [sources.app]\nkind = \"mariadb\"\nurl = \"{url}\"\n\
+             [targets.local]\npath = \"backups\"\n"
+        ),
+    )
+    .unwrap();
+    let policy = dir.join("data-corruption.drill.policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[db.app]\nurl = \"{url}\"\naccess = \"read-write\"\nsandbox = true\n\
+             [backup.app]\naccess = [\"create\", \"list\", \"verify\", \"restore\"]\nrestore-to = [\"app\"]\nsandbox = true\n"
+        ),
+    )
+    .unwrap();
+    (policy, config, url)
+}
+
+async fn scalar(url: &str, sql: &str) -> i64 {
+    use sqlx::Connection;
+    let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn data_corruption_drill_restores_to_the_point_before_the_bad_write_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, config, url) = corruption_drill_setup(dir.path()).await;
+    let r = drhost::drill::run(
+        runtime(),
+        &plugin_path("data-corruption"),
+        &policy,
+        Some(&config),
+        &dir.path().join("runs"),
+        &dir.path().join("state"),
+    )
+    .await
+    .unwrap();
+    let table = orchestrator::render_table(&r);
+    assert_eq!(
+        (r.outcome.as_str(), r.exit_code),
+        ("recovered", 0),
+        "{table}"
+    );
+    let outcomes: Vec<(&str, &str)> = r
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("corrupt-orders", "ok"),
+            ("validate-data", "detected"),
+            ("stop-writes", "ok"),
+            ("archive-logs", "ok"),
+            ("restore-before-corruption", "ok"),
+            ("validate-again", "ok"),
+            ("allow-writes", "ok"),
+        ],
+        "{table}"
+    );
+    assert_eq!(get(&r.steps[1].findings, "corrupted-rows"), Some("40"));
+    // All 120 good orders are back, the 20 written after the full backup
+    // replayed from the binary log, and the bad UPDATE is not.
+    assert_eq!(scalar(&url, "SELECT COUNT(*) FROM orders").await, 120);
+    assert_eq!(
+        scalar(&url, "SELECT COUNT(*) FROM orders WHERE amount < 0").await,
+        0
+    );
+    assert_eq!(
+        scalar(&url, "SELECT CAST(SUM(amount) AS SIGNED) FROM orders").await,
+        72_600
+    );
+    let c = &r.components[0];
+    assert_eq!(c.achieved_rpo_s, Some(0.0), "{c:?}");
+    assert_eq!((c.rto_met, c.rpo_met), (Some(true), Some(true)));
+    // Runbook lines: the command a person would type for each step.
+    let md = drhost::report::markdown(&r);
+    assert!(
+        md.contains("drhost backup restore latest --source app --to app --point-in-time"),
+        "{md}"
+    );
+}
+
+#[tokio::test]
+async fn data_corruption_drill_without_a_backup_fails_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, config, url) = corruption_drill_setup(dir.path()).await;
+    let store =
+        drhost::caps::state::StateCap::load(&dir.path().join("state"), "data-corruption", 1 << 20)
+            .unwrap();
+    store.set("drill.no-backup", b"yes".to_vec()).unwrap();
+    store.persist().unwrap();
+    let r = drhost::drill::run(
+        runtime(),
+        &plugin_path("data-corruption"),
+        &policy,
+        Some(&config),
+        &dir.path().join("runs"),
+        &dir.path().join("state"),
+    )
+    .await
+    .unwrap();
+    let table = orchestrator::render_table(&r);
+    assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
+    assert_eq!(r.components[0].status, "failed");
+    let failed: Vec<&orchestrator::StepResult> =
+        r.steps.iter().filter(|s| s.outcome == "failed").collect();
+    assert!(!failed.is_empty(), "{table}");
+    assert!(
+        failed[0].detail.contains("full backup"),
+        "{}",
+        failed[0].detail
+    );
+    // Writes stay off while the data does not validate.
+    let allow = r.steps.iter().find(|s| s.id == "allow-writes").unwrap();
+    assert_eq!(allow.outcome, "failed");
+    assert!(allow.detail.contains("writes stay off"), "{}", allow.detail);
+    // The corrupted rows are still there: nothing pretended to fix them.
+    assert_eq!(
+        scalar(&url, "SELECT COUNT(*) FROM orders WHERE amount < 0").await,
+        40
+    );
+    let xml = drhost::report::junit(&[&r]);
+    assert!(xml.contains("the component was not recovered"), "{xml}");
+}
