@@ -88,7 +88,11 @@ read -r t_pipe _ < <(measure bash -c "mariadb-dump -h 127.0.0.1 -u root --single
 read -r t_runbook _ < <(measure bash -c "
     mariadb-dump -h 127.0.0.1 -u root --single-transaction --quick $db | gzip > '$work/dump.sql.gz'
     python3 -c \"import boto3; boto3.client('s3', endpoint_url='$endpoint', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').upload_file('$work/dump.sql.gz', 'runbook', 'dump.sql.gz')\"")
+# CPU seconds of a process so far (user + system), from /proc.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+moto_before=$(cpu $moto_pid)
 read -r t_create m_create < <(measure "$drhost" backup create bench)
+moto_cpu=$(python3 -c "print(f'{$(cpu $moto_pid) - $moto_before:.2f}')")
 read -r t_local _ < <(measure "$drhost" backup --config "$work/local-only.toml" create bench)
 read -r t_restore_rb _ < <(measure bash -c "gunzip -c '$work/dump.sql.gz' | mariadb -h 127.0.0.1 -u root ${db}_runbook")
 read -r t_restore m_restore < <(measure "$drhost" backup restore latest --source bench --to copy --from local)
@@ -105,6 +109,7 @@ cat <<TABLE
 | drhost backup create → local only | $t_local | mariadb-dump > /dev/null: $t_dump | $(ratio "$t_local" "$t_dump") |
 | drhost backup restore (staged, verified, swapped) | $t_restore | gunzip -c \| mariadb: $t_restore_rb | $(ratio "$t_restore" "$t_restore_rb") (≤ 1.2) |
 
+the S3 test server (moto, on the same two cores) used $moto_cpu CPU seconds receiving the upload
 peak resident memory of drhost: create $((m_create / 1024)) MiB, restore $((m_restore / 1024)) MiB (target < 128 MiB)
 gzip dump: $dump_bytes bytes
 TABLE

@@ -629,3 +629,212 @@ async fn data_corruption_drill_without_a_backup_fails_and_says_why() {
     let xml = drhost::report::junit(&[&r]);
     assert!(xml.contains("the component was not recovered"), "{xml}");
 }
+
+// ---- scenario 2, application server failure, with real HTTP servers ----
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.0 request over a plain socket; the status and body, or None
+/// when nothing answers.
+fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// Two application servers (blue, green) and a switch in front of them.
+struct AppSetup {
+    blue: u16,
+    green: u16,
+    switch: u16,
+    switch_process: std::process::Child,
+}
+
+impl AppSetup {
+    fn start() -> AppSetup {
+        let (blue, green, switch) = (free_port(), free_port(), free_port());
+        for (port, name) in [(blue, "blue"), (green, "green")] {
+            let out = Command::new(fixture("start-app.sh"))
+                .args([port.to_string(), name.to_string()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let switch_process = Command::new("python3")
+            .arg(fixture("switch.py"))
+            .arg(switch.to_string())
+            .arg(format!("blue=http://127.0.0.1:{blue}"))
+            .arg(format!("green=http://127.0.0.1:{green}"))
+            .spawn()
+            .unwrap();
+        // Ready when it answers (start-app.sh waits the same way for the servers).
+        let ready = (0..200).any(|_| {
+            http("GET", switch, "/active").is_some() || {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+                false
+            }
+        });
+        assert!(ready, "the switch did not start");
+        AppSetup {
+            blue,
+            green,
+            switch,
+            switch_process,
+        }
+    }
+
+    fn policy(&self, dir: &Path) -> PathBuf {
+        let p = dir.join("app-failover.drill.policy.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[http]\nallow = [\"http://127.0.0.1:{b}/\", \"http://127.0.0.1:{g}/\", \"http://127.0.0.1:{s}/\"]\n\
+                 sandbox = [\"http://127.0.0.1:{b}/\", \"http://127.0.0.1:{g}/\"]\n\
+                 [exec.restart-app]\nprogram = {prog:?}\nargs = [\"*\", \"blue\"]\ntimeout = \"20s\"\n",
+                b = self.blue,
+                g = self.green,
+                s = self.switch,
+                prog = fixture("start-app.sh"),
+            ),
+        )
+        .unwrap();
+        p
+    }
+
+    fn state(&self, dir: &Path, extra: &[(&str, &str)]) {
+        let store =
+            drhost::caps::state::StateCap::load(&dir.join("state"), "app-failover", 1 << 20)
+                .unwrap();
+        for (k, v) in [
+            ("primary-url", format!("http://127.0.0.1:{}", self.blue)),
+            ("backup-url", format!("http://127.0.0.1:{}", self.green)),
+            ("switch-url", format!("http://127.0.0.1:{}", self.switch)),
+            ("restart-args", format!("{} blue", self.blue)),
+        ] {
+            store.set(k, v.into_bytes()).unwrap();
+        }
+        for (k, v) in extra {
+            store.set(k, v.as_bytes().to_vec()).unwrap();
+        }
+        store.persist().unwrap();
+    }
+}
+
+impl Drop for AppSetup {
+    fn drop(&mut self) {
+        for port in [self.blue, self.green] {
+            let _ = http("POST", port, "/crash");
+        }
+        let _ = self.switch_process.kill();
+        let _ = self.switch_process.wait();
+    }
+}
+
+async fn app_drill(dir: &Path, apps: &AppSetup) -> orchestrator::RunReport {
+    drhost::drill::run(
+        runtime(),
+        &plugin_path("app-failover"),
+        &apps.policy(dir),
+        None,
+        &dir.join("runs"),
+        &dir.join("state"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn app_failover_drill_routes_to_the_backup_restarts_the_failed_server_and_verifies() {
+    let apps = AppSetup::start();
+    let dir = tempfile::tempdir().unwrap();
+    apps.state(dir.path(), &[]);
+    let r = app_drill(dir.path(), &apps).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!(
+        (r.outcome.as_str(), r.exit_code),
+        ("recovered", 0),
+        "{table}"
+    );
+    let outcomes: Vec<(&str, &str)> = r
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("crash-primary", "ok"),
+            ("confirm-failure", "detected"),
+            ("route-to-backup", "ok"),
+            ("restart-failed", "ok"),
+            ("verify-service", "ok"),
+        ],
+        "{table}"
+    );
+    // Traffic goes to green; blue was restarted by the allow-listed command.
+    assert_eq!(http("GET", apps.switch, "/active").unwrap().1, "green");
+    assert_eq!(
+        http("GET", apps.blue, "/health").unwrap(),
+        (200, "ok blue".into())
+    );
+    let c = &r.components[0];
+    assert_eq!(c.rto_met, Some(true), "{c:?}");
+    // An application server holds no data: the RPO is not measured, and says so.
+    assert_eq!(c.achieved_rpo_s, None);
+    let xml = drhost::report::junit(&[&r]);
+    assert!(xml.contains("<skipped message=\"not measured"), "{xml}");
+    // The restart went through the exec gate, with its arguments recorded.
+    let records = drhost::audit::read(&r.audit_log).unwrap();
+    let restart = records
+        .iter()
+        .map(|l| serde_json::Value::Object(l.record.clone()))
+        .find(|r| r["interface"] == "exec")
+        .unwrap();
+    assert_eq!(restart["decision"], "allow");
+    assert_eq!(restart["exit_code"], 0);
+    assert_eq!(restart["args"]["args"][1], "blue");
+}
+
+#[tokio::test]
+async fn app_failover_drill_with_the_backup_down_as_well_fails_and_says_why() {
+    let apps = AppSetup::start();
+    let dir = tempfile::tempdir().unwrap();
+    apps.state(dir.path(), &[("drill.crash-both", "yes")]);
+    let r = app_drill(dir.path(), &apps).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
+    let route = r.steps.iter().find(|s| s.id == "route-to-backup").unwrap();
+    assert_eq!(route.outcome, "failed");
+    assert!(
+        route
+            .detail
+            .starts_with("no healthy backup server to route to"),
+        "{}",
+        route.detail
+    );
+    let restart = r.steps.iter().find(|s| s.id == "restart-failed").unwrap();
+    assert_eq!(restart.outcome, "skipped");
+    assert_eq!(r.components[0].status, "failed");
+    assert!(drhost::report::markdown(&r).contains("no healthy backup server"));
+}
