@@ -838,3 +838,196 @@ async fn app_failover_drill_with_the_backup_down_as_well_fails_and_says_why() {
     assert_eq!(r.components[0].status, "failed");
     assert!(drhost::report::markdown(&r).contains("no healthy backup server"));
 }
+
+// ---- scenario 4, network failure: two paths, a DNS provider's API ----
+
+struct NetSetup {
+    primary: u16,
+    backup: u16,
+    dns: u16,
+    dns_process: std::process::Child,
+}
+
+fn start_app(port: u16, name: &str) {
+    let out = Command::new(fixture("start-app.sh"))
+        .args([port.to_string(), name.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts a python fixture server and waits until it answers GET `path`.
+fn start_fixture(script: &str, port: u16, args: &[String], path: &str) -> std::process::Child {
+    let child = Command::new("python3")
+        .arg(fixture(script))
+        .arg(port.to_string())
+        .args(args)
+        .spawn()
+        .unwrap();
+    let ready = (0..200).any(|_| {
+        http("GET", port, path).is_some() || {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            false
+        }
+    });
+    assert!(ready, "{script} did not start");
+    child
+}
+
+impl NetSetup {
+    fn start() -> NetSetup {
+        let (primary, backup, dns) = (free_port(), free_port(), free_port());
+        start_app(primary, "primary");
+        start_app(backup, "backup");
+        let dns_process = start_fixture(
+            "dnsapi.py",
+            dns,
+            &[format!("app.example.com=localhost:{primary}")],
+            "/records/app.example.com",
+        );
+        NetSetup {
+            primary,
+            backup,
+            dns,
+            dns_process,
+        }
+    }
+
+    fn prepare(&self, dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
+        let (p, b, d) = (self.primary, self.backup, self.dns);
+        let policy = dir.join("network-failover.drill.policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "[net]\nallow = [\"localhost:{p}\", \"localhost:{b}\"]\n\
+                 [http]\nallow = [\"http://127.0.0.1:{d}/\", \"http://localhost:{p}/\", \"http://localhost:{b}/\"]\n\
+                 addresses = [\"127.0.0.0/8\"]\n\
+                 sandbox = [\"http://localhost:{p}/\", \"http://localhost:{b}/\"]\n\
+                 [exec.restore-primary]\nprogram = {prog:?}\nargs = [\"*\", \"primary\"]\ntimeout = \"20s\"\n",
+                prog = fixture("start-app.sh"),
+            ),
+        )
+        .unwrap();
+        let store =
+            drhost::caps::state::StateCap::load(&dir.join("state"), "network-failover", 1 << 20)
+                .unwrap();
+        for (k, v) in [
+            ("primary", format!("localhost:{p}")),
+            ("backup", format!("localhost:{b}")),
+            ("dns-api", format!("http://127.0.0.1:{d}")),
+            ("record", "app.example.com".to_string()),
+            ("restore-args", format!("{p} primary")),
+        ] {
+            store.set(k, v.into_bytes()).unwrap();
+        }
+        for (k, v) in extra {
+            store.set(k, v.as_bytes().to_vec()).unwrap();
+        }
+        store.persist().unwrap();
+        policy
+    }
+
+    fn record(&self) -> String {
+        http("GET", self.dns, "/records/app.example.com").unwrap().1
+    }
+}
+
+impl Drop for NetSetup {
+    fn drop(&mut self) {
+        for port in [self.primary, self.backup] {
+            let _ = http("POST", port, "/crash");
+        }
+        let _ = self.dns_process.kill();
+        let _ = self.dns_process.wait();
+    }
+}
+
+async fn net_drill(dir: &Path, policy: &Path) -> orchestrator::RunReport {
+    drhost::drill::run(
+        runtime(),
+        &plugin_path("network-failover"),
+        policy,
+        None,
+        &dir.join("runs"),
+        &dir.join("state"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn network_drill_fails_the_dns_record_over_verifies_and_fails_back() {
+    let net = NetSetup::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = net.prepare(dir.path(), &[]);
+    let r = net_drill(dir.path(), &policy).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!(
+        (r.outcome.as_str(), r.exit_code),
+        ("recovered", 0),
+        "{table}"
+    );
+    let outcomes: Vec<(&str, &str)> = r
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("cut-primary-path", "ok"),
+            ("check-connectivity", "detected"),
+            ("fail-over-dns", "ok"),
+            ("verify-failover", "ok"),
+            ("fail-back", "ok"),
+        ],
+        "{table}"
+    );
+    let detect = &r.steps[1];
+    assert!(
+        get(&detect.findings, "primary-unreachable").is_some(),
+        "{table}"
+    );
+    assert!(
+        get(&detect.findings, "backup-connect-us").is_some(),
+        "{table}"
+    );
+    assert_eq!(
+        get(&r.steps[3].findings, "record"),
+        Some(format!("localhost:{}", net.backup).as_str())
+    );
+    // Failed back: the record points at the restored primary, which answers.
+    assert_eq!(net.record(), format!("localhost:{}", net.primary));
+    assert_eq!(http("GET", net.primary, "/health").unwrap().0, 200);
+    // Name resolution and probes went through the net gate.
+    let records = drhost::audit::read(&r.audit_log).unwrap();
+    let net_calls = records
+        .iter()
+        .filter(|l| l.record.get("interface").is_some_and(|i| i == "net"))
+        .count();
+    assert!(net_calls >= 6, "{net_calls}");
+    assert_eq!(r.components[0].rto_met, Some(true));
+}
+
+#[tokio::test]
+async fn network_drill_with_both_paths_cut_fails_and_leaves_the_record_alone() {
+    let net = NetSetup::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = net.prepare(dir.path(), &[("drill.cut-both", "yes")]);
+    let r = net_drill(dir.path(), &policy).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
+    let failover = r.steps.iter().find(|s| s.id == "fail-over-dns").unwrap();
+    assert!(
+        failover.detail.contains("is unreachable as well"),
+        "{}",
+        failover.detail
+    );
+    let back = r.steps.iter().find(|s| s.id == "fail-back").unwrap();
+    assert_eq!(back.outcome, "skipped");
+    assert_eq!(net.record(), format!("localhost:{}", net.primary));
+}

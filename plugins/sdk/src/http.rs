@@ -60,6 +60,17 @@ pub fn request(
             .append(name, value)
             .map_err(|e| format!("header {name}: {e:?}"))?;
     }
+    // A known length instead of chunked encoding, which simple servers
+    // (and some APIs) do not accept.
+    if let Some(bytes) = body
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        fields
+            .append("content-length", bytes.len().to_string().as_bytes())
+            .map_err(|e| format!("header content-length: {e:?}"))?;
+    }
     let req = OutgoingRequest::new(fields);
     let method = match method {
         "GET" => Method::Get,
