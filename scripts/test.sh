@@ -88,5 +88,5 @@ export DRHOST_TEST_MARIADB_BINLOG="mysql://root@127.0.0.1:$mport/test"
 say "tests"
 # The Rust SDK's unit tests and doc examples, and the reference plugins' own
 # unit tests, run natively.
-cargo test --manifest-path plugins/Cargo.toml -p drhost-plugin -p storage-failover -p app-health -p app-failover -p network-failover -p data-corruption
+cargo test --manifest-path plugins/Cargo.toml -p drhost-plugin -p storage-failover -p app-health -p app-failover -p network-failover -p security-breach -p data-corruption
 cargo test --workspace -- --test-threads 4

@@ -1031,3 +1031,181 @@ async fn network_drill_with_both_paths_cut_fails_and_leaves_the_record_alone() {
     assert_eq!(back.outcome, "skipped");
     assert_eq!(net.record(), format!("localhost:{}", net.primary));
 }
+
+// ---- scenario 6, security breach: MariaDB audit table, log objects, webhooks ----
+
+struct BreachSetup {
+    url: String,
+    sink: u16,
+    sink_process: std::process::Child,
+}
+
+impl BreachSetup {
+    async fn start() -> BreachSetup {
+        use sqlx::{Connection, Executor};
+        let base = mariadb_url();
+        let base = base.rsplit_once('/').unwrap().0.to_string();
+        let db = format!("drhost_bk_sec_{}", unique().replace('-', "_"));
+        let mut c = sqlx::MySqlConnection::connect(&format!("{base}/test"))
+            .await
+            .unwrap();
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .await
+            .unwrap();
+        let sink = free_port();
+        let sink_process = start_fixture("sink.py", sink, &[], "/received");
+        BreachSetup {
+            url: format!("{base}/{db}"),
+            sink,
+            sink_process,
+        }
+    }
+
+    /// The policy, and the webhooks in the plugin's state.
+    fn prepare(&self, dir: &Path, webhooks: &[(&str, String)]) -> PathBuf {
+        let policy = dir.join("security-breach.drill.policy.toml");
+        let urls: Vec<String> = webhooks.iter().map(|(_, u)| format!("{u:?}")).collect();
+        std::fs::write(
+            &policy,
+            format!(
+                "[db.app]\nurl = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
+                 [s3.logs]\npath = \"logs\"\naccess = [\"read\", \"list\", \"write\"]\nsandbox = true\n\
+                 [s3.evidence]\npath = \"evidence\"\naccess = [\"read\", \"write\"]\n\
+                 [http]\nallow = [{}]\n",
+                self.url,
+                urls.join(", ")
+            ),
+        )
+        .unwrap();
+        let store =
+            drhost::caps::state::StateCap::load(&dir.join("state"), "security-breach", 1 << 20)
+                .unwrap();
+        let lines: Vec<String> = webhooks.iter().map(|(n, u)| format!("{n} {u}")).collect();
+        store
+            .set("webhooks", lines.join("\n").into_bytes())
+            .unwrap();
+        store.persist().unwrap();
+        policy
+    }
+
+    fn hooks(&self) -> Vec<(&'static str, String)> {
+        ["status-page", "email", "sms"]
+            .into_iter()
+            .map(|n| (n, format!("http://127.0.0.1:{}/{n}", self.sink)))
+            .collect()
+    }
+}
+
+impl Drop for BreachSetup {
+    fn drop(&mut self) {
+        let _ = self.sink_process.kill();
+        let _ = self.sink_process.wait();
+    }
+}
+
+async fn breach_drill(dir: &Path, policy: &Path) -> orchestrator::RunReport {
+    drhost::drill::run(
+        runtime(),
+        &plugin_path("security-breach"),
+        policy,
+        None,
+        &dir.join("runs"),
+        &dir.join("state"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn security_drill_finds_the_intrusion_contains_it_preserves_evidence_and_notifies() {
+    let b = BreachSetup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = b.prepare(dir.path(), &b.hooks());
+    let r = breach_drill(dir.path(), &policy).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!(
+        (r.outcome.as_str(), r.exit_code),
+        ("recovered", 0),
+        "{table}"
+    );
+    let detect = r
+        .steps
+        .iter()
+        .find(|s| s.id == "find-suspicious-activity")
+        .unwrap();
+    assert_eq!(detect.outcome, "detected");
+    assert_eq!(all(&detect.findings, "breach-account"), ["carol"]);
+    assert_eq!(all(&detect.findings, "breach-ip"), ["203.0.113.7"]);
+    assert_eq!(get(&detect.findings, "failed-logins.carol"), Some("25"));
+    assert_eq!(get(&detect.findings, "log-hits.app/auth.log"), Some("27"));
+    // Contained in the database: carol disabled, her key revoked; the others untouched.
+    assert_eq!(
+        scalar(&b.url, "SELECT COUNT(*) FROM accounts WHERE disabled = 1").await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &b.url,
+            "SELECT revoked FROM api_keys WHERE account = 'carol'"
+        )
+        .await,
+        1
+    );
+    // Evidence: each object's sha256 in the findings (and so in the audit log) matches the file.
+    let preserve = r
+        .steps
+        .iter()
+        .find(|s| s.id == "preserve-evidence")
+        .unwrap();
+    let sums: Vec<&(String, String)> = preserve
+        .findings
+        .iter()
+        .filter(|(k, _)| k.starts_with("sha256."))
+        .collect();
+    assert_eq!(sums.len(), 2, "{:?}", preserve.findings);
+    for (k, v) in sums {
+        let file = dir.path().join("evidence").join(&k["sha256.".len()..]);
+        assert_eq!(&drhost::digest::sha256_file(&file).unwrap(), v);
+    }
+    // Three webhooks, each with the GDPR deadline 72 hours after first sight.
+    let notify = r.steps.iter().find(|s| s.id == "notify").unwrap();
+    let deadline = get(&notify.findings, "gdpr-deadline").unwrap().to_string();
+    let received = http("GET", b.sink, "/received").unwrap().1;
+    assert_eq!(received.lines().count(), 3, "{received}");
+    for n in ["/status-page", "/email", "/sms"] {
+        assert!(received.contains(n), "{received}");
+    }
+    assert!(
+        received.contains(&format!("\"gdpr_deadline\":\"{deadline}\"")),
+        "{received}"
+    );
+    let md = drhost::report::markdown(&r);
+    assert!(md.contains(&format!("- gdpr-deadline: {deadline}")), "{md}");
+}
+
+#[tokio::test]
+async fn security_drill_fails_when_a_notification_gateway_is_down_and_names_it() {
+    let b = BreachSetup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut hooks = b.hooks();
+    // The e-mail gateway is down: nothing listens on its port.
+    hooks[1].1 = format!("http://127.0.0.1:{}/email", free_port());
+    let policy = b.prepare(dir.path(), &hooks);
+    let r = breach_drill(dir.path(), &policy).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
+    let notify = r.steps.iter().find(|s| s.id == "notify").unwrap();
+    assert_eq!(notify.outcome, "failed");
+    assert!(
+        notify.detail.starts_with("could not notify email:"),
+        "{}",
+        notify.detail
+    );
+    assert!(notify.detail.contains("GDPR deadline"), "{}", notify.detail);
+    // Containment happened before: the account is disabled regardless.
+    assert_eq!(
+        scalar(&b.url, "SELECT COUNT(*) FROM accounts WHERE disabled = 1").await,
+        1
+    );
+    assert!(drhost::report::markdown(&r).contains("could not notify email"));
+}

@@ -82,6 +82,7 @@ const SDK: &[(&str, &str)] = &[
         include_str!("../../plugins/sdk/src/scenario.rs"),
     ),
     ("smoke.rs", include_str!("../../plugins/sdk/src/smoke.rs")),
+    ("time.rs", include_str!("../../plugins/sdk/src/time.rs")),
     ("wait.rs", include_str!("../../plugins/sdk/src/wait.rs")),
 ];
 

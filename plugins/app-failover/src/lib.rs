@@ -136,7 +136,10 @@ fn route_to_backup() -> StepResult {
     Ok(Outcome::Ok(vec![
         finding("routed-to", &name),
         finding("backup-latency-ms", healthy.latency_ms),
-        finding("command", format!("curl -X POST '{switch}/route?to={name}'")),
+        finding(
+            "command",
+            format!("curl -X POST '{switch}/route?to={name}'"),
+        ),
     ]))
 }
 
@@ -149,7 +152,8 @@ fn restart_failed() -> StepResult {
     if r.exit_code != Some(0) {
         return Err(format!(
             "the restart command {}: {}",
-            r.exit_code.map_or("was killed".to_string(), |c| format!("exited with {c}")),
+            r.exit_code
+                .map_or("was killed".to_string(), |c| format!("exited with {c}")),
             r.stderr.trim()
         )
         .into());
@@ -168,7 +172,11 @@ fn restart_failed() -> StepResult {
 
 fn verify_service() -> StepResult {
     let mut out = Vec::new();
-    for (label, base) in [("load-balancer", switch()), ("primary", primary()), ("backup", backup())] {
+    for (label, base) in [
+        ("load-balancer", switch()),
+        ("primary", primary()),
+        ("backup", backup()),
+    ] {
         let h = HealthCheck::new(&format!("{base}/health"))
             .run()
             .map_err(|e| format!("{label}: {e}"))?;

@@ -125,7 +125,12 @@ fn set_dns_record(value: &str) -> Result<(), StepError> {
     let r = http::request("PUT", &record_url(), &[], Some(value.as_bytes()))
         .during("updating the DNS record")?;
     if r.status != 200 || r.text().trim() != value {
-        return Err(format!("the DNS API refused the update: HTTP {} {}", r.status, r.text()).into());
+        return Err(format!(
+            "the DNS API refused the update: HTTP {} {}",
+            r.status,
+            r.text()
+        )
+        .into());
     }
     Ok(())
 }

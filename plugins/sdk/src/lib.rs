@@ -15,7 +15,8 @@
 //! * [`health`]: HTTP health checks with retries;
 //! * [`listing`]: two listings compared by size and host-side sha256;
 //! * [`smoke`]: smoke queries with expected values;
-//! * [`wait`]: polling for a condition within the step's budget.
+//! * [`wait`]: polling for a condition within the step's budget;
+//! * [`time`]: RFC 3339 times for APIs and point-in-time restores.
 //!
 //! A whole plugin, as `plugins/app-health` writes it:
 //!
@@ -85,6 +86,7 @@ pub mod http;
 pub mod listing;
 pub mod scenario;
 pub mod smoke;
+pub mod time;
 pub mod wait;
 
 /// A capability error as one readable line: `denied: …`, `not found: …`.

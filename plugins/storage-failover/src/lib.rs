@@ -114,7 +114,11 @@ fn inject_disaster() -> StepResult {
         "drill: lost {} and corrupted {} in the primary{}",
         newest.join(", "),
         keys[0],
-        if damage_secondary { ", and lost the same from the secondary" } else { "" }
+        if damage_secondary {
+            ", and lost the same from the secondary"
+        } else {
+            ""
+        }
     ));
     Ok(Outcome::Ok(vec![
         finding("data-at-disaster-ms", now),
