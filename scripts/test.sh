@@ -67,26 +67,45 @@ for d in $(psql -h 127.0.0.1 -U postgres -d test -At -c "SELECT datname FROM pg_
     psql -h 127.0.0.1 -U postgres -d test -q -c "DROP DATABASE \"$d\" WITH (FORCE)"
 done
 
+# Private MariaDB servers, each with its own data directory and a free port:
+# the shared server's configuration stays as it is.
+pids=("$moto_pid")
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# start_mariadb NAME PORT [mariadbd options…]
+start_mariadb() {
+    local name=$1 port=$2 dir="$work/mariadb-$1"
+    shift 2
+    rm -rf "$dir" && mkdir -p "$dir"
+    mariadb-install-db --no-defaults --datadir="$dir/data" --auth-root-authentication-method=normal \
+        --skip-test-db --user="$(id -un)" >"$dir/install.log" 2>&1 || { cat "$dir/install.log"; exit 1; }
+    mariadbd --no-defaults --datadir="$dir/data" --port="$port" --bind-address=127.0.0.1 \
+        --socket="$dir/mariadb.sock" --pid-file="$dir/mariadb.pid" --user="$(id -un)" \
+        --innodb-buffer-pool-size=32M --skip-name-resolve "$@" >"$dir/server.log" 2>&1 &
+    pids+=($!)
+    mariadb-admin --no-defaults --wait=60 --connect-timeout=2 -h 127.0.0.1 -P "$port" -u root ping >/dev/null \
+        || { cat "$dir/server.log"; exit 1; }
+}
+
 say "a private MariaDB with binary logging (incremental backups, point-in-time recovery)"
-# Its own data directory and port: the shared server's configuration stays as it is.
-mdb="$work/mariadb-binlog"
-rm -rf "$mdb" && mkdir -p "$mdb"
-mariadb-install-db --no-defaults --datadir="$mdb/data" --auth-root-authentication-method=normal \
-    --skip-test-db --user="$(id -un)" >"$mdb/install.log" 2>&1 || { cat "$mdb/install.log"; exit 1; }
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mariadbd --no-defaults --datadir="$mdb/data" --port="$mport" --bind-address=127.0.0.1 \
-    --socket="$mdb/mariadb.sock" --pid-file="$mdb/mariadb.pid" --user="$(id -un)" \
-    --server-id=1 --log-bin="$mdb/data/binlog" --binlog-format=ROW \
-    --innodb-buffer-pool-size=64M --skip-name-resolve >"$mdb/server.log" 2>&1 &
-mdb_pid=$!
-trap 'kill $moto_pid $mdb_pid 2>/dev/null || true' EXIT
-mariadb-admin --no-defaults --wait=60 --connect-timeout=2 -h 127.0.0.1 -P "$mport" -u root ping >/dev/null \
-    || { cat "$mdb/server.log"; exit 1; }
+mport=$(free_port)
+start_mariadb binlog "$mport" --server-id=1 --log-bin=binlog --binlog-format=ROW
 mariadb --no-defaults -h 127.0.0.1 -P "$mport" -u root -e 'CREATE DATABASE IF NOT EXISTS test'
 export DRHOST_TEST_MARIADB_BINLOG="mysql://root@127.0.0.1:$mport/test"
+
+say "a MariaDB primary and its replica (database failover)"
+pport=$(free_port)
+rport=$(free_port)
+start_mariadb primary "$pport" --server-id=11 --log-bin=binlog --binlog-format=ROW
+start_mariadb replica "$rport" --server-id=12 --log-bin=binlog --binlog-format=ROW --log-slave-updates --read-only=ON
+mariadb --no-defaults -h 127.0.0.1 -P "$pport" -u root -e 'CREATE DATABASE IF NOT EXISTS test'
+mariadb --no-defaults -h 127.0.0.1 -P "$rport" -u root -e "CHANGE MASTER TO MASTER_HOST='127.0.0.1',
+    MASTER_PORT=$pport, MASTER_USER='root', MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos; START SLAVE"
+export DRHOST_TEST_MARIADB_PRIMARY="mysql://root@127.0.0.1:$pport/test"
+export DRHOST_TEST_MARIADB_REPLICA="mysql://root@127.0.0.1:$rport/test"
 
 say "tests"
 # The Rust SDK's unit tests and doc examples, and the reference plugins' own
 # unit tests, run natively.
-cargo test --manifest-path plugins/Cargo.toml -p drhost-plugin -p storage-failover -p app-health -p app-failover -p network-failover -p security-breach -p data-corruption
+cargo test --manifest-path plugins/Cargo.toml -p drhost-plugin -p storage-failover -p db-failover -p app-health -p app-failover -p network-failover -p security-breach -p data-corruption
 cargo test --workspace -- --test-threads 4

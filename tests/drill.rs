@@ -1209,3 +1209,232 @@ async fn security_drill_fails_when_a_notification_gateway_is_down_and_names_it()
     );
     assert!(drhost::report::markdown(&r).contains("could not notify email"));
 }
+
+// ---- scenario 1, database failure: a real primary, its replica, a proxy in front ----
+
+/// The primary/replica pair is one per test run: its tests take turns.
+static PAIR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn run_sql(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
+
+struct DbSetup {
+    db: String,
+    proxy: u16,
+    control: u16,
+    proxy_process: std::process::Child,
+}
+
+impl DbSetup {
+    /// Replication (re)attached and caught up, a fresh database on both
+    /// servers, and a proxy in front of the primary.
+    async fn start() -> DbSetup {
+        let primary = mariadb_primary_url();
+        let replica = mariadb_replica_url();
+        run_sql(
+            &replica,
+            &format!(
+                "STOP SLAVE; RESET SLAVE ALL; CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, \
+                 MASTER_USER='root', MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos; START SLAVE; SET GLOBAL read_only = ON",
+                port_of(&primary)
+            ),
+        )
+        .await;
+        let db = format!("drhost_bk_dbf_{}", unique().replace('-', "_"));
+        run_sql(&primary, &format!("CREATE DATABASE {db}")).await;
+        // Replication is asynchronous: wait until the replica has the database.
+        let mut there = false;
+        for _ in 0..200 {
+            if scalar(
+                &replica,
+                &format!(
+                    "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{db}'"
+                ),
+            )
+            .await
+                == 1
+            {
+                there = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(there, "the replica did not receive {db}");
+        let (control, proxy) = (free_port(), free_port());
+        let proxy_process = start_fixture(
+            "tcpproxy.py",
+            control,
+            &[proxy.to_string(), port_of(&primary).to_string()],
+            "/health",
+        );
+        DbSetup {
+            db,
+            proxy,
+            control,
+            proxy_process,
+        }
+    }
+
+    fn url(&self, base: &str, suffix: &str) -> String {
+        let base = base.rsplit_once('/').unwrap().0;
+        format!("{base}/{}{suffix}", self.db)
+    }
+
+    fn prepare(&self, dir: &Path, extra: &[(&str, &str)]) -> (PathBuf, PathBuf) {
+        let primary = mariadb_primary_url();
+        let replica = mariadb_replica_url();
+        let control = format!("http://127.0.0.1:{}", self.control);
+        let via_proxy = format!("mysql://root@127.0.0.1:{}/{}", self.proxy, self.db);
+        let policy = dir.join("db-failover.drill.policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "[db.primary]\nurl = \"{via_proxy}\"\naccess = \"read-write\"\nsandbox = true\n\
+                 [db.replica]\nurl = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
+                 [db.standby]\nurl = \"{}\"\naccess = \"read-write\"\n\
+                 [backup.app]\naccess = [\"list\", \"restore\"]\nrestore-to = [\"standby\"]\n\
+                 [s3.config]\npath = \"config\"\naccess = [\"write\"]\n\
+                 [http]\nallow = [\"{control}/\"]\nsandbox = [\"{control}/\"]\n",
+                self.url(&replica, ""),
+                self.url(&replica, "_standby"),
+            ),
+        )
+        .unwrap();
+        let (secret, recipient) = drhost::backup::keygen();
+        std::fs::write(dir.join("key.txt"), format!("{secret}\n")).unwrap();
+        let config = dir.join("drhost.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[keys]\nrecipients = [\"{recipient}\"]\nidentity = \"key.txt\"\n\
+                 [sources.app]\nkind = \"mariadb\"\nurl = \"{}\"\n\
+                 [sources.standby]\nkind = \"mariadb\"\nurl = \"{}\"\n\
+                 [targets.local]\npath = \"backups\"\n",
+                self.url(&primary, ""),
+                self.url(&replica, "_standby"),
+            ),
+        )
+        .unwrap();
+        let store = drhost::caps::state::StateCap::load(&dir.join("state"), "db-failover", 1 << 20)
+            .unwrap();
+        store.set("primary-control", control.into_bytes()).unwrap();
+        for (k, v) in extra {
+            store.set(k, v.as_bytes().to_vec()).unwrap();
+        }
+        store.persist().unwrap();
+        (policy, config)
+    }
+}
+
+impl Drop for DbSetup {
+    fn drop(&mut self) {
+        let _ = self.proxy_process.kill();
+        let _ = self.proxy_process.wait();
+    }
+}
+
+async fn db_drill(dir: &Path, policy: &Path, config: &Path) -> orchestrator::RunReport {
+    drhost::drill::run(
+        runtime(),
+        &plugin_path("db-failover"),
+        policy,
+        Some(config),
+        &dir.join("runs"),
+        &dir.join("state"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn database_drill_promotes_the_replica_repoints_the_application_and_loses_nothing() {
+    let _turn = PAIR.lock().await;
+    let s = DbSetup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, config) = s.prepare(dir.path(), &[]);
+    let r = db_drill(dir.path(), &policy, &config).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!(
+        (r.outcome.as_str(), r.exit_code),
+        ("recovered", 0),
+        "{table}"
+    );
+    let outcomes: Vec<(&str, &str)> = r
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("cut-primary", "ok"),
+            ("confirm-failure", "detected"),
+            ("promote-replica", "ok"),
+            ("restore-from-backup", "skipped"),
+            ("repoint-application", "ok"),
+            ("smoke-queries", "ok"),
+        ],
+        "{table}"
+    );
+    // The replica is a writable primary now, and the application is pointed at it.
+    let replica = mariadb_replica_url();
+    assert_eq!(scalar(&replica, "SELECT @@read_only").await, 0);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("config/database.json")).unwrap(),
+        "{\"database\": \"replica\"}\n"
+    );
+    let c = &r.components[0];
+    // The heartbeat written just before the disaster survived the failover.
+    assert_eq!(c.achieved_rpo_s, Some(0.0), "{c:?}");
+    assert_eq!((c.rto_met, c.rpo_met), (Some(true), Some(true)));
+    assert!(c.detection_s.is_some());
+}
+
+#[tokio::test]
+async fn database_drill_without_a_replica_or_a_backup_fails_and_says_why() {
+    let _turn = PAIR.lock().await;
+    let s = DbSetup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, config) = s.prepare(dir.path(), &[("drill.no-replica", "yes")]);
+    let r = db_drill(dir.path(), &policy, &config).await;
+    let table = orchestrator::render_table(&r);
+    assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
+    let promote = r.steps.iter().find(|s| s.id == "promote-replica").unwrap();
+    assert_eq!(promote.outcome, "skipped");
+    assert!(
+        promote
+            .detail
+            .starts_with("no healthy replica: its SQL thread is stopped"),
+        "{}",
+        promote.detail
+    );
+    let restore = r
+        .steps
+        .iter()
+        .find(|s| s.id == "restore-from-backup")
+        .unwrap();
+    assert_eq!(restore.outcome, "failed");
+    assert_eq!(
+        restore.detail,
+        "no healthy replica and no full backup of app to restore"
+    );
+    assert!(!dir.path().join("config/database.json").exists());
+    assert!(drhost::report::markdown(&r).contains("no full backup of app"));
+}

@@ -295,3 +295,14 @@ async fn proxy(upstream: String, limit: u64, stall: bool) -> (String, Arc<tokio:
     });
     (addr.to_string(), reached)
 }
+
+/// The private MariaDB primary and its replica that the test command starts.
+pub fn mariadb_primary_url() -> String {
+    std::env::var("DRHOST_TEST_MARIADB_PRIMARY")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3308/test".into())
+}
+
+pub fn mariadb_replica_url() -> String {
+    std::env::var("DRHOST_TEST_MARIADB_REPLICA")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3309/test".into())
+}

@@ -48,6 +48,7 @@ pub struct DbCap {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Summarize for Rows {
     fn moved(&self) -> Moved {
@@ -132,12 +133,26 @@ impl DbCap {
     pub async fn ping(&self, name: &str) -> Result<u64, CapError> {
         let pool = self.pool(name).await?;
         let start = Instant::now();
-        let result = match pool {
-            Pool::MySql(p) => ping_pool(p).await,
-            Pool::Pg(p) => ping_pool(p).await,
-            Pool::Sqlite(p) => ping_pool(p).await,
-        };
-        result.map_err(|e| CapError::Unavailable(format!("ping {name}: {e}")))?;
+        // The pool retries a refused connection until its acquire timeout;
+        // a ping is how a plugin tells that a database is down, so it gives
+        // up sooner.
+        let result = tokio::time::timeout(PING_TIMEOUT, async {
+            match pool {
+                Pool::MySql(p) => ping_pool(p).await,
+                Pool::Pg(p) => ping_pool(p).await,
+                Pool::Sqlite(p) => ping_pool(p).await,
+            }
+        })
+        .await;
+        match result {
+            Ok(r) => r.map_err(|e| CapError::Unavailable(format!("ping {name}: {e}")))?,
+            Err(_) => {
+                return Err(CapError::Unavailable(format!(
+                    "ping {name}: no answer within {} s",
+                    PING_TIMEOUT.as_secs()
+                )));
+            }
+        }
         Ok(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 
