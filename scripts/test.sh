@@ -107,5 +107,5 @@ export DRHOST_TEST_MARIADB_REPLICA="mysql://root@127.0.0.1:$rport/test"
 say "tests"
 # The Rust SDK's unit tests and doc examples, and the reference plugins' own
 # unit tests, run natively.
-cargo test --manifest-path plugins/Cargo.toml -p drhost-plugin -p storage-failover -p db-failover -p app-health -p app-failover -p network-failover -p security-breach -p data-corruption
+cargo test --manifest-path plugins/Cargo.toml -p drhost-plugin -p storage-failover -p db-failover -p app-health -p app-failover -p network-failover -p security-breach -p data-corruption -p runbook-storage -p runbook-database -p runbook-application
 cargo test --workspace -- --test-threads 4

@@ -1438,3 +1438,212 @@ async fn database_drill_without_a_replica_or_a_backup_fails_and_says_why() {
     assert!(!dir.path().join("config/database.json").exists());
     assert!(drhost::report::markdown(&r).contains("no full backup of app"));
 }
+
+// ---- the three runbooks: every step does its line and prints it ----
+
+/// Every step but the injection reports the command a person would type,
+/// and the report shows them.
+fn assert_runbook(r: &orchestrator::RunReport) {
+    let table = orchestrator::render_table(r);
+    assert_eq!(
+        (r.outcome.as_str(), r.exit_code),
+        ("recovered", 0),
+        "{table}"
+    );
+    for s in r
+        .steps
+        .iter()
+        .filter(|s| s.phase != "inject" && s.outcome != "skipped")
+    {
+        assert!(
+            get(&s.findings, drhost::report::COMMAND).is_some(),
+            "{} has no command: {:?}",
+            s.id,
+            s.findings
+        );
+    }
+    let md = drhost::report::markdown(r);
+    assert!(md.matches("- by hand:").count() >= 6, "{md}");
+}
+
+fn app_grants(port: u16) -> String {
+    format!(
+        "[exec.restart-app]\nprogram = {:?}\nargs = [\"{port}\", \"app\"]\ntimeout = \"20s\"\n",
+        fixture("restart-app.sh")
+    )
+}
+
+fn runbook_state(dir: &Path, scenario: &str, pairs: &[(&str, String)]) {
+    let store = drhost::caps::state::StateCap::load(&dir.join("state"), scenario, 1 << 20).unwrap();
+    for (k, v) in pairs {
+        store.set(k, v.clone().into_bytes()).unwrap();
+    }
+    store.persist().unwrap();
+}
+
+async fn drill_with(
+    dir: &Path,
+    plugin: &str,
+    policy_text: &str,
+    config: Option<&Path>,
+) -> orchestrator::RunReport {
+    let policy = dir.join(format!("{plugin}.drill.policy.toml"));
+    std::fs::write(&policy, policy_text).unwrap();
+    drhost::drill::run(
+        runtime(),
+        &plugin_path(plugin),
+        &policy,
+        config,
+        &dir.join("runs"),
+        &dir.join("state"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn storage_runbook_follows_the_plan_line_by_line() {
+    let app = free_port();
+    start_app(app, "app");
+    let dir = tempfile::tempdir().unwrap();
+    runbook_state(
+        dir.path(),
+        "runbook-storage",
+        &[
+            ("health-url", format!("http://127.0.0.1:{app}/health")),
+            ("restart-args", format!("{app} app")),
+        ],
+    );
+    let policy = format!(
+        "[s3.primary]\npath = \"primary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\nsandbox = true\n\
+         [s3.backup]\npath = \"backup\"\naccess = [\"read\", \"list\", \"write\"]\nsandbox = true\n\
+         [s3.config]\npath = \"config\"\naccess = [\"write\"]\n\
+         [http]\nallow = [\"http://127.0.0.1:{app}/\"]\n{}",
+        app_grants(app)
+    );
+    let r = drill_with(dir.path(), "runbook-storage", &policy, None).await;
+    assert_runbook(&r);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("primary/files"))
+            .unwrap()
+            .count(),
+        5
+    );
+    let _ = http("POST", app, "/crash");
+}
+
+#[tokio::test]
+async fn application_runbook_follows_the_plan_line_by_line() {
+    let app = free_port();
+    start_app(app, "app");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    std::fs::write(
+        &log,
+        "INFO started\nERROR upstream timeout\nINFO request ok\n",
+    )
+    .unwrap();
+    runbook_state(
+        dir.path(),
+        "runbook-application",
+        &[
+            ("app-url", format!("http://127.0.0.1:{app}")),
+            ("restart-args", format!("{app} app")),
+            ("log-args", format!("-n 100 {}", log.display())),
+        ],
+    );
+    let policy = format!(
+        "[http]\nallow = [\"http://127.0.0.1:{app}/\"]\nsandbox = [\"http://127.0.0.1:{app}/\"]\n\
+         [exec.show-logs]\nprogram = \"/usr/bin/tail\"\nargs = [\"-n\", \"100\", {log:?}]\n{}",
+        app_grants(app)
+    );
+    let r = drill_with(dir.path(), "runbook-application", &policy, None).await;
+    assert_runbook(&r);
+    let logs = r
+        .steps
+        .iter()
+        .find(|s| s.id == "2-check-application-logs")
+        .unwrap();
+    assert_eq!(get(&logs.findings, "error-lines"), Some("1"));
+    let rate = r
+        .steps
+        .iter()
+        .find(|s| s.id == "5-check-error-rate")
+        .unwrap();
+    assert_eq!(get(&rate.findings, "error-rate"), Some("0.00"));
+    let redeploy = r
+        .steps
+        .iter()
+        .find(|s| s.id == "6-redeploy-if-restart-failed")
+        .unwrap();
+    assert_eq!(
+        (redeploy.outcome.as_str(), redeploy.detail.as_str()),
+        ("skipped", "the restart worked")
+    );
+    let _ = http("POST", app, "/crash");
+}
+
+#[tokio::test]
+async fn database_runbook_follows_the_plan_line_by_line() {
+    let app = free_port();
+    start_app(app, "app");
+    let base = mariadb_url();
+    let base = base.rsplit_once('/').unwrap().0.to_string();
+    let db = format!("drhost_bk_rb_{}", unique().replace('-', "_"));
+    run_sql(
+        &format!("{base}/test"),
+        &format!("CREATE DATABASE {db}; CREATE DATABASE {db}_standby"),
+    )
+    .await;
+    let (control, proxy) = (free_port(), free_port());
+    let mut proxy_process = start_fixture(
+        "tcpproxy.py",
+        control,
+        &[proxy.to_string(), port_of(&base).to_string()],
+        "/health",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, recipient) = drhost::backup::keygen();
+    std::fs::write(dir.path().join("key.txt"), format!("{secret}\n")).unwrap();
+    let config = dir.path().join("drhost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\nrecipients = [\"{recipient}\"]\nidentity = \"key.txt\"\n\
+             [sources.app]\nkind = \"mariadb\"\nurl = \"{base}/{db}\"\n\
+             [sources.standby]\nkind = \"mariadb\"\nurl = \"{base}/{db}_standby\"\n\
+             [targets.local]\npath = \"backups\"\n"
+        ),
+    )
+    .unwrap();
+    runbook_state(
+        dir.path(),
+        "runbook-database",
+        &[
+            ("primary-control", format!("http://127.0.0.1:{control}")),
+            ("health-url", format!("http://127.0.0.1:{app}/health")),
+            ("restart-args", format!("{app} app")),
+        ],
+    );
+    let policy = format!(
+        "[db.app]\nurl = \"mysql://root@127.0.0.1:{proxy}/{db}\"\naccess = \"read-write\"\nsandbox = true\n\
+         [db.standby]\nurl = \"{base}/{db}_standby\"\naccess = \"read-write\"\n\
+         [backup.app]\naccess = [\"create\", \"list\", \"verify\", \"restore\"]\nrestore-to = [\"standby\"]\nsandbox = true\n\
+         [s3.config]\npath = \"config\"\naccess = [\"write\"]\n\
+         [http]\nallow = [\"http://127.0.0.1:{control}/\", \"http://127.0.0.1:{app}/\"]\nsandbox = [\"http://127.0.0.1:{control}/\"]\n{}",
+        app_grants(app)
+    );
+    let r = drill_with(dir.path(), "runbook-database", &policy, Some(&config)).await;
+    assert_runbook(&r);
+    assert_eq!(
+        scalar(
+            &format!("{base}/{db}_standby"),
+            "SELECT COUNT(*) FROM users"
+        )
+        .await,
+        250
+    );
+    let _ = http("POST", app, "/crash");
+    let _ = proxy_process.kill();
+    let _ = proxy_process.wait();
+}

@@ -131,7 +131,10 @@ fn confirm_failure() -> Outcome {
         }
     }
     Outcome::Detected(vec![
-        finding("primary-unreachable", errors.last().cloned().unwrap_or_default()),
+        finding(
+            "primary-unreachable",
+            errors.last().cloned().unwrap_or_default(),
+        ),
         finding("attempts", errors.len()),
     ])
 }
@@ -210,7 +213,11 @@ fn restore_from_backup(context: &[Finding]) -> StepResult {
         return Ok(Outcome::Skipped(format!("{p} was promoted")));
     }
     let backups = backup::list_backups(SOURCE).during("listing the backups")?;
-    let Some(latest) = backups.iter().rev().find(|b| b.kind == backup::BackupKind::Full) else {
+    let Some(latest) = backups
+        .iter()
+        .rev()
+        .find(|b| b.kind == backup::BackupKind::Full)
+    else {
         return Err("no healthy replica and no full backup of app to restore".into());
     };
     let r = backup::restore(SOURCE, &latest.id, STANDBY, None)
@@ -221,7 +228,10 @@ fn restore_from_backup(context: &[Finding]) -> StepResult {
         finding("rows", r.rows),
         finding(
             "command",
-            format!("drhost backup restore {} --source {SOURCE} --to {STANDBY}", r.id),
+            format!(
+                "drhost backup restore {} --source {SOURCE} --to {STANDBY}",
+                r.id
+            ),
         ),
     ]))
 }
@@ -232,7 +242,10 @@ fn repoint(context: &[Finding]) -> StepResult {
     s3::put(CONFIG, "database.json", body.as_bytes()).during("writing database.json")?;
     Ok(Outcome::Ok(vec![
         finding("database", target),
-        finding("command", format!("echo '{}' > config/database.json", body.trim())),
+        finding(
+            "command",
+            format!("echo '{}' > config/database.json", body.trim()),
+        ),
     ]))
 }
 
@@ -241,7 +254,11 @@ fn smoke(context: &[Finding]) -> StepResult {
     let mut out = Smoke::on(conn)
         .query("answers", "SELECT 1", Expect::Int(1))
         .query("writable", "SELECT @@read_only", Expect::Int(0))
-        .query("heartbeat rows", "SELECT COUNT(*) FROM heartbeat", Expect::AtLeast(1))
+        .query(
+            "heartbeat rows",
+            "SELECT COUNT(*) FROM heartbeat",
+            Expect::AtLeast(1),
+        )
         .run()?;
     if context_value(context, "data-at-disaster-ms").is_some() {
         let newest = scalar_i64(conn, "SELECT COALESCE(MAX(at_ms), 0) FROM heartbeat", &[])?;
