@@ -903,7 +903,7 @@ impl NetSetup {
         std::fs::write(
             &policy,
             format!(
-                "[net]\nallow = [\"localhost:{p}\", \"localhost:{b}\"]\n\
+                "[net]\nallow = [\"localhost:{p}\", \"localhost:{b}\"]\nsandbox = true\n\
                  [http]\nallow = [\"http://127.0.0.1:{d}/\", \"http://localhost:{p}/\", \"http://localhost:{b}/\"]\n\
                  addresses = [\"127.0.0.0/8\"]\n\
                  sandbox = [\"http://localhost:{p}/\", \"http://localhost:{b}/\"]\n\
@@ -1646,4 +1646,59 @@ async fn database_runbook_follows_the_plan_line_by_line() {
     let _ = http("POST", app, "/crash");
     let _ = proxy_process.kill();
     let _ = proxy_process.wait();
+}
+
+/// The plan's annual full test, as the README shows it: every example's
+/// drill, each setting up its own services (private MariaDB servers, HTTP
+/// fixtures) and tearing them down.
+#[test]
+fn every_example_drill_passes_with_drill_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = drhost()
+        .args(["drill", "--all"])
+        .arg(repo().join("examples"))
+        .arg("--junit")
+        .arg(dir.path().join("junit.xml"))
+        .arg("--report")
+        .arg(dir.path().join("reports"))
+        .arg("--out")
+        .arg(dir.path().join("runs"))
+        .env("DRHOST_STATE_DIR", dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+    let examples = [
+        "app-failover",
+        "data-corruption",
+        "db-failover",
+        "network-failover",
+        "quickstart",
+        "runbook-application",
+        "runbook-database",
+        "runbook-storage",
+        "security-breach",
+    ];
+    assert_eq!(
+        junit.matches("<testsuite ").count(),
+        examples.len(),
+        "{junit}"
+    );
+    assert!(!junit.contains("<failure"), "{junit}");
+    for e in examples {
+        assert!(
+            dir.path()
+                .join("reports")
+                .join(e)
+                .join("report.html")
+                .is_file(),
+            "{e}"
+        );
+    }
 }

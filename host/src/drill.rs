@@ -23,6 +23,12 @@ pub enum DrillError {
     Backups { path: PathBuf, message: String },
     #[error(transparent)]
     Run(#[from] RunError),
+    #[error("{example}: setup {command:?} failed: {message}")]
+    Setup {
+        example: String,
+        command: String,
+        message: String,
+    },
 }
 
 /// `drill.toml`: which plugin, policy and backup configuration a drill uses.
@@ -37,6 +43,11 @@ pub struct Manifest {
     /// One line shown when the drill starts.
     #[serde(default)]
     pub description: String,
+    /// Run with bash in the example's directory before the drill (start the
+    /// services it needs, write state); a failure stops this drill.
+    pub setup: Option<String>,
+    /// Run after the drill, whatever happened (stop what setup started).
+    pub teardown: Option<String>,
 }
 
 /// A drill found under an examples directory.
@@ -48,6 +59,10 @@ pub struct Example {
     pub policy: PathBuf,
     pub config: Option<PathBuf>,
     pub description: String,
+    /// The example's directory (where setup and teardown run).
+    pub dir: PathBuf,
+    pub setup: Option<String>,
+    pub teardown: Option<String>,
 }
 
 impl Example {
@@ -69,7 +84,87 @@ impl Example {
             policy: dir.join(m.policy),
             config: m.config.map(|c| dir.join(c)),
             description: m.description,
+            dir: dir.to_path_buf(),
+            setup: m.setup,
+            teardown: m.teardown,
         })
+    }
+
+    /// A drill of one plugin, without a manifest.
+    pub fn single(plugin: PathBuf, policy: PathBuf, config: Option<PathBuf>) -> Example {
+        let name = plugin
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Example {
+            name,
+            dir: plugin
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            plugin,
+            policy,
+            config,
+            description: String::new(),
+            setup: None,
+            teardown: None,
+        }
+    }
+
+    /// Setup, the drill, teardown. `DRHOST` (this program) and
+    /// `DRHOST_STATE_DIR` are passed to the scripts.
+    pub async fn drill(
+        &self,
+        runtime: &Runtime,
+        out: &Path,
+        state_dir: &Path,
+    ) -> Result<RunReport, DrillError> {
+        if let Some(cmd) = &self.setup {
+            self.script(cmd, state_dir)
+                .map_err(|message| DrillError::Setup {
+                    example: self.name.clone(),
+                    command: cmd.clone(),
+                    message,
+                })?;
+        }
+        let result = run(
+            runtime,
+            &self.plugin,
+            &self.policy,
+            self.config.as_deref(),
+            out,
+            state_dir,
+        )
+        .await;
+        if let Some(cmd) = &self.teardown
+            && let Err(e) = self.script(cmd, state_dir)
+        {
+            tracing::warn!("{}: teardown {cmd:?} failed: {e}", self.name);
+        }
+        result
+    }
+
+    fn script(&self, cmd: &str, state_dir: &Path) -> Result<(), String> {
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&self.dir)
+            .env("DRHOST", me)
+            .env("DRHOST_STATE_DIR", state_dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("could not start bash: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        Err(format!(
+            "{}: {}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ))
     }
 }
 

@@ -316,19 +316,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 (Some(plugin), None) => {
                     let policy =
                         policy.unwrap_or_else(|| drhost::drill::policy_beside(&plugin, &env));
-                    vec![drhost::drill::Example {
-                        name: plugin
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                        plugin,
-                        policy,
-                        config: config.or_else(|| {
-                            let d = cli_backup::default_config();
-                            d.is_file().then_some(d)
-                        }),
-                        description: String::new(),
-                    }]
+                    let config = config.or_else(|| {
+                        let d = cli_backup::default_config();
+                        d.is_file().then_some(d)
+                    });
+                    vec![drhost::drill::Example::single(plugin, policy, config)]
                 }
             };
             let several = examples.len() > 1;
@@ -339,16 +331,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 if several {
                     eprintln!("== drill {}: {}", ex.name, ex.description);
                 }
-                match drhost::drill::run(
-                    &runtime,
-                    &ex.plugin,
-                    &ex.policy,
-                    ex.config.as_deref(),
-                    &out,
-                    &state_dir,
-                )
-                .await
-                {
+                match ex.drill(&runtime, &out, &state_dir).await {
                     Ok(r) => {
                         if !json {
                             print!("{}", orchestrator::render_table(&r));

@@ -289,6 +289,10 @@ pub struct NetPolicy {
     /// `host:port`, `host:*`, or `host` (resolve only).
     #[serde(default)]
     pub allow: Vec<String>,
+    /// A drill's inject steps may resolve and probe these hosts too (to see
+    /// that the outage they caused took effect).
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 impl NetPolicy {
@@ -772,6 +776,9 @@ impl Policy {
                 .iter()
                 .map(|u| format!("http.allow {}", u.text)),
         );
+        if self.net.sandbox {
+            out.push("net.allow".into());
+        }
         out
     }
 

@@ -21,6 +21,7 @@ use drhost_plugin::scenario::{
     Scenario, component, detect, inject, minutes, recover, seconds, verify,
 };
 use drhost_plugin::wait::Wait;
+use std::time::Duration;
 use drhost_plugin::{
     ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, context_value, exec, finding,
     http, info, net, state, warn,
@@ -145,7 +146,13 @@ fn cut(endpoint: &str) -> Result<(), StepError> {
 }
 
 fn inject_outage() -> StepResult {
-    cut(&primary())?;
+    let primary = primary();
+    cut(&primary)?;
+    // The endpoint answers the request before it exits: wait until it is gone.
+    Wait::new("the primary path to go down")
+        .every(Duration::from_millis(100))
+        .at_most(seconds(10))
+        .until(|| Ok::<_, StepError>(probe(&primary)?.err().map(|_| ())))?;
     let both = state::get("drill.cut-both").is_some();
     if both {
         cut(&backup())?;

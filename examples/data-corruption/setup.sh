@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A private MariaDB with binary logging, a database for the orders, and a
+# backup configuration with a local target.
+scenario=data-corruption
+source ../lib.sh
+stop_all
+rm -rf "$work/backups"
+port=$(free_port)
+start_mariadb binlog "$port" --server-id=1 --log-bin=binlog --binlog-format=ROW
+sql "$port" "CREATE DATABASE shop"
+{ backup_keys; cat <<TOML
+[sources.app]
+kind = "mariadb"
+url = "mysql://root@127.0.0.1:$port/shop"
+
+[targets.local]
+path = "backups"
+TOML
+} >"$work/drhost.toml"
+cat >"$work/drill.policy.toml" <<TOML
+[db.app]
+url = "mysql://root@127.0.0.1:$port/shop"
+access = "read-write"
+sandbox = true
+
+[backup.app]
+access = ["create", "list", "verify", "restore"]
+restore-to = ["app"]
+sandbox = true
+TOML
