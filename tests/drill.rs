@@ -1259,6 +1259,12 @@ impl DbSetup {
         .await;
         let db = format!("drhost_bk_dbf_{}", unique().replace('-', "_"));
         run_sql(&primary, &format!("CREATE DATABASE {db}")).await;
+        // The standby a backup is restored into: the replica's own, not replicated.
+        run_sql(
+            &replica,
+            &format!("SET SESSION sql_log_bin = 0; CREATE DATABASE {db}_standby"),
+        )
+        .await;
         // Replication is asynchronous: wait until the replica has the database.
         let mut there = false;
         for _ in 0..200 {
@@ -1309,7 +1315,7 @@ impl DbSetup {
                 "[db.primary]\nurl = \"{via_proxy}\"\naccess = \"read-write\"\nsandbox = true\n\
                  [db.replica]\nurl = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
                  [db.standby]\nurl = \"{}\"\naccess = \"read-write\"\n\
-                 [backup.app]\naccess = [\"list\", \"restore\"]\nrestore-to = [\"standby\"]\n\
+                 [backup.app]\naccess = [\"list\", \"verify\", \"restore\"]\nrestore-to = [\"standby\"]\n\
                  [s3.config]\npath = \"config\"\naccess = [\"write\"]\n\
                  [http]\nallow = [\"{control}/\"]\nsandbox = [\"{control}/\"]\n",
                 self.url(&replica, ""),
@@ -1405,6 +1411,55 @@ async fn database_drill_promotes_the_replica_repoints_the_application_and_loses_
     assert_eq!(c.achieved_rpo_s, Some(0.0), "{c:?}");
     assert_eq!((c.rto_met, c.rpo_met), (Some(true), Some(true)));
     assert!(c.detection_s.is_some());
+}
+
+#[tokio::test]
+async fn database_drill_without_a_replica_restores_the_latest_verified_backup_into_the_standby() {
+    let _turn = PAIR.lock().await;
+    let s = DbSetup::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, config) = s.prepare(dir.path(), &[("drill.no-replica", "yes")]);
+    // Last night's backup of the application's database.
+    let primary = mariadb_primary_url();
+    let five_minutes_ago = drhost::clock::now_ms() - 300_000;
+    run_sql(
+        &s.url(&primary, ""),
+        &format!(
+            "CREATE TABLE heartbeat (at_ms BIGINT PRIMARY KEY); INSERT INTO heartbeat VALUES ({five_minutes_ago})"
+        ),
+    )
+    .await;
+    let c = drhost::backup::config::Config::load(&config).unwrap();
+    let b = drhost::backup::Backups::open(c, dir.path().join("state"))
+        .await
+        .unwrap();
+    b.create("app", drhost::backup::manifest::Kind::Full)
+        .await
+        .unwrap();
+    let r = db_drill(dir.path(), &policy, &config).await;
+    let table = orchestrator::render_table(&r);
+    let restore = r
+        .steps
+        .iter()
+        .find(|s| s.id == "restore-from-backup")
+        .unwrap();
+    assert_eq!(restore.outcome, "ok", "{table}");
+    assert!(get(&restore.findings, "verified").is_some());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("config/database.json")).unwrap(),
+        "{\"database\": \"standby\"}\n"
+    );
+    // The heartbeat written at the disaster is newer than the backup, whose
+    // newest row is five minutes old: about five minutes of data are lost,
+    // within the 15-minute RPO.
+    let c = &r.components[0];
+    assert_eq!(c.status, "recovered", "{table}");
+    assert!(
+        c.achieved_rpo_s
+            .is_some_and(|s| (300.0..360.0).contains(&s)),
+        "{c:?}"
+    );
+    assert_eq!((c.rpo_met, r.exit_code), (Some(true), 0), "{table}");
 }
 
 #[tokio::test]

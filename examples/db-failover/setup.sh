@@ -47,7 +47,7 @@ url = "mysql://root@127.0.0.1:$rport/app_standby"
 access = "read-write"
 
 [backup.app]
-access = ["list", "restore"]
+access = ["list", "verify", "restore"]
 restore-to = ["standby"]
 
 [s3.config]                   # the application's configuration: database.json

@@ -1,11 +1,12 @@
 //! The recovery plan's scenario 1, database failure: confirm the primary is
 //! unreachable, fail over by promoting a healthy replica, or — when there is
-//! none — restore the latest backup into the standby; re-point the
+//! none — restore the latest backup that passes the verification checklist
+//! into the standby; re-point the
 //! application; verify with smoke queries.
 //!
 //! Connections (grants): `primary` (what the application uses), `replica`
 //! (read-write: promotion stops replication and lifts read-only). Backups:
-//! `[backup.app]` with list and restore, `restore-to = ["standby"]`. The
+//! `[backup.app]` with list, verify and restore, `restore-to = ["standby"]`. The
 //! application finds its database through a configuration object the plugin
 //! may write: `[s3.config]` with write, key `database.json`, holding the
 //! *name* of the connection to use (`{"database": "replica"}`). The
@@ -213,17 +214,40 @@ fn restore_from_backup(context: &[Finding]) -> StepResult {
         return Ok(Outcome::Skipped(format!("{p} was promoted")));
     }
     let backups = backup::list_backups(SOURCE).during("listing the backups")?;
-    let Some(latest) = backups
+    let fulls: Vec<&backup::BackupInfo> = backups
         .iter()
         .rev()
-        .find(|b| b.kind == backup::BackupKind::Full)
-    else {
+        .filter(|b| b.kind == backup::BackupKind::Full)
+        .collect();
+    if fulls.is_empty() {
         return Err("no healthy replica and no full backup of app to restore".into());
+    }
+    // The newest full backup that passes the checklist now, on some target.
+    let mut rejected = Vec::new();
+    let mut chosen = None;
+    for b in fulls {
+        let reports = backup::verify(SOURCE, &b.id, None).during(format!("verifying {}", b.id))?;
+        if reports.iter().any(|r| r.passed) {
+            chosen = Some(b);
+            break;
+        }
+        warn(&format!("backup {} failed its checklist; trying an older one", b.id));
+        rejected.push(b.id.clone());
+    }
+    let Some(latest) = chosen else {
+        return Err(format!(
+            "no healthy replica, and no full backup of app passes its checklist ({})",
+            rejected.join(", ")
+        )
+        .into());
     };
     let r = backup::restore(SOURCE, &latest.id, STANDBY, None)
         .during(format!("restoring {} into the standby", latest.id))?;
+    // The standby takes the writes from now on.
+    exec(STANDBY, "SET GLOBAL read_only = OFF")?;
     Ok(Outcome::Ok(vec![
         finding("promoted", STANDBY),
+        finding("verified", &latest.id),
         finding("restored", &r.id),
         finding("rows", r.rows),
         finding(
