@@ -68,6 +68,7 @@ async fn storage_drill_injects_the_disaster_detects_recovers_and_meets_its_targe
             ("lose-and-corrupt-objects", "ok"),
             ("confirm-failure", "detected"),
             ("restore-from-secondary", "ok"),
+            ("repoint-application", "ok"),
             ("verify-integrity", "ok"),
             ("verify-upload-download", "ok"),
         ]
@@ -248,9 +249,9 @@ fn drill_cli_writes_junit_and_reports_and_drills_every_example_with_all() {
         "{stdout}"
     );
     let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
-    // Five steps and two targets.
+    // Six steps and two targets.
     assert!(
-        junit.contains("tests=\"7\" failures=\"0\" skipped=\"0\""),
+        junit.contains("tests=\"8\" failures=\"0\" skipped=\"0\""),
         "{junit}"
     );
     assert!(

@@ -19,7 +19,8 @@ fn storage_policy(dir: &Path) -> std::path::PathBuf {
     std::fs::write(
         &p,
         "[s3.primary]\npath = \"buckets/primary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\
-         [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n",
+         [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n\
+         [s3.config]\npath = \"config\"\naccess = [\"write\"]\n",
     )
     .unwrap();
     p
@@ -50,9 +51,14 @@ async fn storage_failover_detects_restores_and_verifies_then_finds_all_healthy()
         [
             ("confirm-failure", "detected"),
             ("restore-from-secondary", "ok"),
+            ("repoint-application", "ok"),
             ("verify-integrity", "ok"),
             ("verify-upload-download", "ok")
         ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("config/storage.json")).unwrap(),
+        "{\"bucket\": \"primary\"}\n"
     );
     assert_eq!(report.components[0].status, "recovered");
     assert_eq!(report.components[0].rto_met, Some(true));
@@ -117,7 +123,8 @@ async fn storage_failover_restores_an_s3_primary_from_a_local_secondary() {
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let policy = format!(
         "[s3.primary]\nbucket = \"{bucket}\"\nprefix = \"files/\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\nendpoint = \"{}\"\npath-style = true\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n\
-         [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n",
+         [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n\
+         [s3.config]\npath = \"config\"\naccess = [\"write\"]\n",
         s3_endpoint()
     );
     let path = dir.path().join("p.toml");

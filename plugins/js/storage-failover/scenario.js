@@ -13,6 +13,7 @@ import { listObjects, checksum, copy, put, get, 'delete' as del } from 'drhost:p
 const PRIMARY = 'primary';
 const SECONDARY = 'secondary';
 const CANARY_PREFIX = '.drhost-canary/';
+const REPOINT_COMMAND = `echo '{"bucket": "primary"}' > config/storage.json`;
 
 // A capability error (thrown with the WIT error as its payload) as one line.
 function describe(e) {
@@ -112,6 +113,16 @@ function restore(context) {
   return { tag: 'ok', val: [f('restored', restored), f('bytes', bytes)] };
 }
 
+// The application reads the bucket to use from config/storage.json.
+function repoint() {
+  try {
+    put('config', 'storage.json', new TextEncoder().encode('{"bucket": "primary"}\n'));
+  } catch (e) {
+    return { tag: 'failed', val: `writing storage.json: ${describe(e)}` };
+  }
+  return { tag: 'ok', val: [f('bucket', PRIMARY), f('command', REPOINT_COMMAND)] };
+}
+
 function verifyIntegrity() {
   let d;
   try {
@@ -180,6 +191,7 @@ export const plugin = {
       steps: [
         step('confirm-failure', 'detect', 300, false, "compare the primary's listing and checksums with the secondary's"),
         step('restore-from-secondary', 'recover', 1800, true, 'copy every missing or corrupted object back from the secondary'),
+        step('repoint-application', 'recover', 120, true, 'tell the application to use the restored primary (config/storage.json)'),
         step('verify-integrity', 'verify', 600, false, 'every object of the secondary is in the primary with the same sha256'),
         step('verify-upload-download', 'verify', 600, true, 'upload, download and delete a canary object in the primary'),
       ],
@@ -190,6 +202,7 @@ export const plugin = {
     switch (id) {
       case 'confirm-failure': return confirmFailure();
       case 'restore-from-secondary': return restore(context);
+      case 'repoint-application': return repoint();
       case 'verify-integrity': return verifyIntegrity();
       case 'verify-upload-download': return verifyUploadDownload();
       default: return { tag: 'failed', val: `unknown step ${id}` };

@@ -15,6 +15,7 @@ from wit_world.imports import drhost_plugin_types as t
 PRIMARY = "primary"
 SECONDARY = "secondary"
 CANARY_PREFIX = ".drhost-canary/"
+REPOINT_COMMAND = """echo '{"bucket": "primary"}' > config/storage.json"""
 
 
 def describe(e: Err) -> str:
@@ -112,6 +113,15 @@ def restore(context) -> t.Outcome:
     return t.Outcome_Ok([f("restored", restored), f("bytes", size)])
 
 
+def repoint() -> t.Outcome:
+    """The application reads the bucket to use from config/storage.json."""
+    try:
+        s3.put("config", "storage.json", b'{"bucket": "primary"}\n')
+    except Err as e:
+        return t.Outcome_Failed(f"writing storage.json: {describe(e)}")
+    return t.Outcome_Ok([f("bucket", PRIMARY), f("command", REPOINT_COMMAND)])
+
+
 def verify_integrity() -> t.Outcome:
     try:
         missing, corrupted, checked = compare()
@@ -185,6 +195,8 @@ class Plugin(exports.Plugin):
                      "compare the primary's listing and checksums with the secondary's"),
                 step("restore-from-secondary", t.Phase.RECOVER, 1800, True,
                      "copy every missing or corrupted object back from the secondary"),
+                step("repoint-application", t.Phase.RECOVER, 120, True,
+                     "tell the application to use the restored primary (config/storage.json)"),
                 step("verify-integrity", t.Phase.VERIFY, 600, False,
                      "every object of the secondary is in the primary with the same sha256"),
                 step("verify-upload-download", t.Phase.VERIFY, 600, True,
@@ -197,6 +209,8 @@ class Plugin(exports.Plugin):
             return confirm_failure()
         if id == "restore-from-secondary":
             return restore(context)
+        if id == "repoint-application":
+            return repoint()
         if id == "verify-integrity":
             return verify_integrity()
         if id == "verify-upload-download":

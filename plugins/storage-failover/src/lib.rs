@@ -4,7 +4,8 @@
 //! pass through the plugin, and verify integrity plus uploads and downloads.
 //!
 //! Grants it needs (see examples/quickstart/storage-failover.policy.toml):
-//! `primary` with read, list, write, delete; `secondary` with read, list.
+//! `primary` with read, list, write, delete; `secondary` with read, list;
+//! `config` with write (the application's `storage.json`).
 //!
 //! As a drill (`drhost drill`, examples/quickstart/drill.toml) it first
 //! injects the disaster into sandbox buckets: a data set of six objects
@@ -24,6 +25,9 @@ use drhost_plugin::{
 const PRIMARY: &str = "primary";
 const SECONDARY: &str = "secondary";
 const CANARY_PREFIX: &str = ".drhost-canary/";
+const CONFIG: &str = "config";
+const STORAGE_JSON: &str = "storage.json";
+const REPOINT_COMMAND: &str = r#"echo '{"bucket": "primary"}' > config/storage.json"#;
 /// Where a drill writes its data set; keys are `drill/<ms since epoch>.txt`.
 const DRILL_PREFIX: &str = "drill/";
 const DRILL_OBJECTS: u64 = 6;
@@ -56,6 +60,12 @@ fn scenario() -> Scenario {
                 .within(minutes(30))
                 .mutating()
                 .about("copy every missing or corrupted object back from the secondary"),
+        )
+        .step(
+            recover("repoint-application", "object-storage")
+                .within(minutes(2))
+                .mutating()
+                .about("tell the application to use the restored primary (config/storage.json)"),
         )
         .step(
             verify("verify-integrity", "object-storage")
@@ -182,6 +192,16 @@ fn restore(context: &[Finding]) -> StepResult {
     ]))
 }
 
+/// The application reads the bucket to use from a configuration object:
+/// after a restore that is the primary again (docs/drills.md, Re-pointing).
+fn repoint() -> StepResult {
+    s3::put(CONFIG, STORAGE_JSON, b"{\"bucket\": \"primary\"}\n").during("writing storage.json")?;
+    Ok(Outcome::Ok(vec![
+        finding("bucket", PRIMARY),
+        finding("command", REPOINT_COMMAND),
+    ]))
+}
+
 fn verify_integrity(context: &[Finding]) -> StepResult {
     let c = compare_aliases(SECONDARY, PRIMARY, "", &[CANARY_PREFIX])?;
     if !c.is_clean() {
@@ -234,6 +254,7 @@ impl Guest for StorageFailover {
         outcome(match id.as_str() {
             "confirm-failure" => confirm_failure(),
             "restore-from-secondary" => restore(&context),
+            "repoint-application" => repoint(),
             "verify-integrity" => verify_integrity(&context),
             "lose-and-corrupt-objects" => inject_disaster(),
             "verify-upload-download" => verify_upload_download(),
