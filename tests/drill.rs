@@ -566,16 +566,17 @@ async fn data_corruption_drill_restores_to_the_point_before_the_bad_write_and_lo
         "{table}"
     );
     assert_eq!(get(&r.steps[1].findings, "corrupted-rows"), Some("40"));
-    // All 120 good orders are back, the 20 written after the full backup
-    // replayed from the binary log, and the bad UPDATE is not.
-    assert_eq!(scalar(&url, "SELECT COUNT(*) FROM orders").await, 120);
+    // All 130 good orders are there: the 20 written after the full backup
+    // and the 10 written after the corruption replayed from the binary log,
+    // the bad UPDATE between them left out.
+    assert_eq!(scalar(&url, "SELECT COUNT(*) FROM orders").await, 130);
     assert_eq!(
         scalar(&url, "SELECT COUNT(*) FROM orders WHERE amount < 0").await,
         0
     );
     assert_eq!(
         scalar(&url, "SELECT CAST(SUM(amount) AS SIGNED) FROM orders").await,
-        72_600
+        85_150
     );
     let c = &r.components[0];
     assert_eq!(c.achieved_rpo_s, Some(0.0), "{c:?}");
@@ -583,7 +584,8 @@ async fn data_corruption_drill_restores_to_the_point_before_the_bad_write_and_lo
     // Runbook lines: the command a person would type for each step.
     let md = drhost::report::markdown(&r);
     assert!(
-        md.contains("drhost backup restore latest --source app --to app --point-in-time"),
+        md.contains("drhost backup restore latest --source app --to app --point-in-time")
+            && md.contains("--resume-at"),
         "{md}"
     );
 }

@@ -41,6 +41,10 @@ pub enum BackupCommand {
         from: Option<String>,
         #[arg(long)]
         point_in_time: Option<String>,
+        /// With --point-in-time: replay again from this time (RFC 3339) to the
+        /// end of the archived logs, leaving out what lies between (a corruption).
+        #[arg(long)]
+        resume_at: Option<String>,
     },
     /// Delete backups the retention policy no longer keeps.
     Prune {
@@ -262,13 +266,21 @@ pub async fn run(
             to,
             from,
             point_in_time,
+            resume_at,
         } => {
             let (source, id) = match resolve_id(&backups.config, &id, source) {
                 Ok(x) => x,
                 Err(e) => return Ok(usage(e)),
             };
             match backups
-                .restore(&source, &id, &to, from.as_deref(), point_in_time.as_deref())
+                .restore_skipping(
+                    &source,
+                    &id,
+                    &to,
+                    from.as_deref(),
+                    point_in_time.as_deref(),
+                    resume_at.as_deref(),
+                )
                 .await
             {
                 Ok(r) => {

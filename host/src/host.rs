@@ -622,6 +622,40 @@ impl backup::Host for HostState {
             })
             .await)
     }
+
+    async fn restore_skipping(
+        &mut self,
+        source: String,
+        id: String,
+        to: String,
+        point_in_time: String,
+        resume_at: String,
+    ) -> HostResult<backup::RestoreReport> {
+        let caps = Arc::clone(&self.caps);
+        let call = Call::new("backup", "restore-skipping", source.clone())
+            .arg("id", id.clone())
+            .arg("to", to.clone())
+            .arg("point_in_time", point_in_time.clone())
+            .arg("resume_at", resume_at.clone())
+            .mutating();
+        let decision = caps.backup.decide_restore(&source, &to);
+        Ok(caps
+            .gate
+            .call(call, decision, || async {
+                let r = engine(&caps)?
+                    .restore_skipping(
+                        &source,
+                        &id,
+                        &to,
+                        None,
+                        Some(&point_in_time),
+                        Some(&resume_at),
+                    )
+                    .await?;
+                Ok(backupcap::restored(&r))
+            })
+            .await)
+    }
 }
 
 impl exec::Host for HostState {

@@ -67,9 +67,50 @@ impl Backups {
         from: Option<&str>,
         point_in_time: Option<&str>,
     ) -> Result<RestoreReport, BackupError> {
+        self.restore_skipping(source, id, to, from, point_in_time, None)
+            .await
+    }
+
+    /// A point-in-time restore that then replays again from `resume_at` (an
+    /// RFC 3339 time) to the end of the archived binary logs: what lies
+    /// between the point and `resume_at` — a corruption — is left out, and
+    /// the good transactions after it are kept. Binary log times have a
+    /// resolution of one second.
+    pub async fn restore_skipping(
+        &self,
+        source: &str,
+        id: &str,
+        to: &str,
+        from: Option<&str>,
+        point_in_time: Option<&str>,
+        resume_at: Option<&str>,
+    ) -> Result<RestoreReport, BackupError> {
         let clock = std::time::Instant::now();
         let stop = point_in_time.map(parse_stop).transpose()?;
-        let (store, full, chain) = self.plan_restore(source, id, from, stop.as_ref()).await?;
+        let resume = match resume_at.map(parse_stop).transpose()? {
+            None => None,
+            Some(_) if stop.is_none() => {
+                return Err(BackupError::Config(
+                    "resuming after a point needs the point (--point-in-time)".into(),
+                ));
+            }
+            Some(Stop::Time(t)) => Some(t),
+            Some(Stop::Position(_)) => {
+                return Err(BackupError::Config(
+                    "resume at a time (RFC 3339), not a binary log position".into(),
+                ));
+            }
+        };
+        if let (Some(Stop::Time(p)), Some(r)) = (&stop, &resume)
+            && r <= p
+        {
+            return Err(BackupError::Config(format!(
+                "resume-at {r} is not after the point in time {p}"
+            )));
+        }
+        let (store, full, chain) = self
+            .plan_restore(source, id, from, stop.as_ref(), resume.is_some())
+            .await?;
         let target: Engine = self.engine(to)?;
         if target.kind() != full.source_kind {
             return Err(BackupError::Config(format!(
@@ -105,7 +146,13 @@ impl Backups {
                 return Err("point-in-time recovery needs a MariaDB source".to_string());
             };
             for inc in &chain {
-                self.replay(store, m, &staged, inc, stop.as_ref()).await?;
+                self.replay(store, m, &staged, inc, None, stop.as_ref())
+                    .await?;
+            }
+            if let Some(t) = resume {
+                for inc in &chain {
+                    self.replay(store, m, &staged, inc, Some(t), None).await?;
+                }
             }
             let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
             ins.integrity.clone()?;
@@ -153,6 +200,7 @@ impl Backups {
         id: &str,
         from: Option<&str>,
         stop: Option<&Stop>,
+        to_the_end: bool,
     ) -> Result<(&Store, Manifest, Vec<Manifest>), BackupError> {
         let stores: Vec<&Store> = match from {
             Some(name) => vec![self.store(name)?],
@@ -197,7 +245,7 @@ impl Backups {
                 .iter()
                 .filter(|m| m.id > full.id && m.kind == Kind::Incremental)
             {
-                if reached || m.base.as_deref() != Some(prev.as_str()) {
+                if (reached && !to_the_end) || m.base.as_deref() != Some(prev.as_str()) {
                     break;
                 }
                 chain.push(m.clone());
@@ -224,6 +272,7 @@ impl Backups {
         engine: &Mariadb,
         staged: &Place,
         inc: &Manifest,
+        from_time: Option<chrono::DateTime<chrono::Utc>>,
         stop: Option<&Stop>,
     ) -> Result<(), String> {
         let dir = self
@@ -242,7 +291,7 @@ impl Backups {
                 .and_then(LogPosition::parse)
                 .map(|p| p.offset);
             engine
-                .replay(staged, &dir, &inc.logs, start, stop)
+                .replay(staged, &dir, &inc.logs, start, from_time, stop)
                 .await
                 .map_err(|e| format!("replaying {}: {e}", inc.id))
         }

@@ -3,8 +3,8 @@
 //! (when did it start), isolate (read-only mode), archive the binary logs,
 //! restore to the moment before the corruption with the backup engine's
 //! point-in-time recovery (the last full backup, then the archived binary
-//! logs replayed up to that moment), and validate again before writes are
-//! allowed back.
+//! logs replayed up to that moment), replay the good transactions after the
+//! corruption, and validate again before writes are allowed back.
 //!
 //! Grants (see examples/data-corruption): `[db.app]` read-write (validation
 //! queries, `SET GLOBAL read_only`), `[backup.app]` with create, list and
@@ -16,7 +16,8 @@
 //!
 //! As a drill it injects the disaster itself: an `orders` table with good
 //! rows, a full backup, more good rows, then (a second later, so the binary
-//! log's one-second resolution can tell them apart) a bad UPDATE. With the
+//! log's one-second resolution can tell them apart) a bad UPDATE, and a
+//! second later more good rows. With the
 //! state key `drill.no-backup` set it skips the full backup, and recovery
 //! must fail.
 
@@ -84,7 +85,7 @@ fn scenario() -> Scenario {
             recover("restore-before-corruption", COMPONENT)
                 .within(minutes(30))
                 .mutating()
-                .about("point-in-time recovery: last full backup, binary logs replayed up to the corruption"),
+                .about("point-in-time recovery: last full backup, binary logs replayed up to the corruption and again after it"),
         )
         .step(
             verify("validate-again", COMPONENT)
@@ -154,11 +155,16 @@ fn inject_corruption() -> StepResult {
     exec(
         "INSERT INTO orders (id, customer, amount) SELECT seq, CONCAT('customer-', seq % 17), seq * 10 FROM seq_101_to_120",
     )?;
-    let last_good = newest_write_ms()?;
-    // The binary log counts in whole seconds: keep the bad write in a later one.
+    // The binary log counts in whole seconds: keep the bad write in a
+    // second of its own, then more good orders after it.
     clock::sleep_ms(1100);
     let damaged = exec("UPDATE orders SET amount = -amount WHERE id % 3 = 0")?;
     warn(&format!("drill: corrupted the amounts of {damaged} orders"));
+    clock::sleep_ms(1100);
+    exec(
+        "INSERT INTO orders (id, customer, amount) SELECT seq, CONCAT('customer-', seq % 17), seq * 10 FROM seq_121_to_130",
+    )?;
+    let last_good = newest_write_ms()?;
     Ok(Outcome::Ok(vec![
         finding("data-at-disaster-ms", last_good),
         finding("rows-corrupted", damaged),
@@ -176,16 +182,22 @@ fn validate() -> StepResult {
     if bad == 0 {
         return Ok(Outcome::Ok(out));
     }
-    // Scope: the earliest write among the rows that violate the first broken invariant.
-    let since = scalar_i64(
-        DB,
-        "SELECT COALESCE(CAST(UNIX_TIMESTAMP(MIN(updated_at)) * 1000 AS SIGNED), 0) FROM orders WHERE amount < 0 OR amount > 1000000",
-        &[],
-    )?;
+    // Scope: when the violating rows were written, first and last.
+    let when = |agg: &str| {
+        scalar_i64(
+            DB,
+            &format!(
+                "SELECT COALESCE(CAST(UNIX_TIMESTAMP({agg}(updated_at)) * 1000 AS SIGNED), 0) FROM orders WHERE amount < 0 OR amount > 1000000"
+            ),
+            &[],
+        )
+    };
+    let (since, until) = (when("MIN")?, when("MAX")?);
     warn(&format!("{bad} rows violate the data-validation queries"));
     out.push(finding("corrupted-rows", bad));
     if since > 0 {
         out.push(finding("corrupted-since-ms", since));
+        out.push(finding("corrupted-until-ms", until));
     }
     Ok(Outcome::Detected(out))
 }
@@ -215,17 +227,23 @@ fn restore(context: &[Finding]) -> StepResult {
     let since: u64 = context_value(context, "corrupted-since-ms")
         .and_then(|v| v.parse().ok())
         .ok_or("validate-data did not scope the corruption (no corrupted-since-ms)")?;
+    let until: u64 = context_value(context, "corrupted-until-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(since);
     let point = rfc3339(since);
-    let r = backup::restore(SOURCE, "latest", SOURCE, Some(&point))
-        .during(format!("restoring {SOURCE} to {point}"))?;
+    // The second after the last bad write: the good transactions from there on are replayed.
+    let resume = rfc3339((until / 1000 + 1) * 1000);
+    let r = backup::restore_skipping(SOURCE, "latest", SOURCE, &point, &resume)
+        .during(format!("restoring {SOURCE} to {point}, resuming at {resume}"))?;
     Ok(Outcome::Ok(vec![
         finding("point-in-time", &point),
+        finding("resumed-at", &resume),
         finding("from-backup", &r.id),
         finding("rows", r.rows),
         finding(
             "command",
             format!(
-                "drhost backup restore latest --source {SOURCE} --to {SOURCE} --point-in-time {point}"
+                "drhost backup restore latest --source {SOURCE} --to {SOURCE} --point-in-time {point} --resume-at {resume}"
             ),
         ),
     ]))

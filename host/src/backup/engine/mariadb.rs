@@ -241,13 +241,15 @@ impl Mariadb {
 
     /// Replays the source database's events from binary logs in `dir` into
     /// the staged database: `mariadb-binlog --database=SRC --rewrite-db=SRC->STAGED`
-    /// piped into `mariadb`. `start` applies to the first file, `stop` ends it.
+    /// piped into `mariadb`. `start` applies to the first file, `from_time`
+    /// skips earlier events, `stop` ends it.
     pub async fn replay(
         &self,
         staged: &Place,
         dir: &Path,
         logs: &[String],
         start: Option<u64>,
+        from_time: Option<chrono::DateTime<chrono::Utc>>,
         stop: Option<&Stop>,
     ) -> Result<(), EngineError> {
         let Place::Database(db) = staged else {
@@ -262,6 +264,12 @@ impl Mariadb {
             .env("TZ", "UTC");
         if let Some(p) = start {
             binlog.arg(format!("--start-position={p}"));
+        }
+        if let Some(t) = from_time {
+            binlog.arg(format!(
+                "--start-datetime={}",
+                t.format("%Y-%m-%d %H:%M:%S")
+            ));
         }
         match stop {
             Some(Stop::Time(t)) => {
