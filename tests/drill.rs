@@ -511,6 +511,8 @@ async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
         &policy,
         format!(
             "[db.app]\nurl = \"{url}\"\naccess = \"read-write\"\nsandbox = true\n\
+             [db.app.invariants]\nno-negative-amounts = \"SELECT COUNT(*) FROM orders WHERE amount < 0\"\n\
+             amounts-below-a-million = \"SELECT COUNT(*) FROM orders WHERE amount >= 1000000\"\n\
              [backup.app]\naccess = [\"create\", \"list\", \"verify\", \"restore\"]\nrestore-to = [\"app\"]\nsandbox = true\n"
         ),
     )
@@ -566,6 +568,15 @@ async fn data_corruption_drill_restores_to_the_point_before_the_bad_write_and_lo
         "{table}"
     );
     assert_eq!(get(&r.steps[1].findings, "corrupted-rows"), Some("40"));
+    // The invariants the policy names, with what they found.
+    assert_eq!(
+        get(&r.steps[1].findings, "violations.no-negative-amounts"),
+        Some("40")
+    );
+    assert_eq!(
+        get(&r.steps[1].findings, "violations.amounts-below-a-million"),
+        Some("0")
+    );
     // All 130 good orders are there: the 20 written after the full backup
     // and the 10 written after the corruption replayed from the binary log,
     // the bad UPDATE between them left out.
@@ -1377,8 +1388,19 @@ async fn database_drill_promotes_the_replica_repoints_the_application_and_loses_
     let _turn = PAIR.lock().await;
     let s = DbSetup::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (policy, config) = s.prepare(dir.path(), &[]);
+    // The application's metrics, read for the error rate.
+    let app = free_port();
+    start_app(app, "app");
+    let metrics = format!("http://127.0.0.1:{app}/metrics");
+    let (policy, config) = s.prepare(dir.path(), &[("error-rate-url", &metrics)]);
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text = text.replace(
+        "allow = [",
+        &format!("allow = [\"http://127.0.0.1:{app}/\", "),
+    );
+    std::fs::write(&policy, text).unwrap();
     let r = db_drill(dir.path(), &policy, &config).await;
+    let _ = http("POST", app, "/crash");
     let table = orchestrator::render_table(&r);
     assert_eq!(
         (r.outcome.as_str(), r.exit_code),
@@ -1409,6 +1431,7 @@ async fn database_drill_promotes_the_replica_repoints_the_application_and_loses_
         std::fs::read_to_string(dir.path().join("config/database.json")).unwrap(),
         "{\"database\": \"replica\"}\n"
     );
+    assert_eq!(get(&r.steps[1].findings, "error-rate"), Some("0.00"));
     let c = &r.components[0];
     // The heartbeat written just before the disaster survived the failover.
     assert_eq!(c.achieved_rpo_s, Some(0.0), "{c:?}");

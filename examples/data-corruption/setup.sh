@@ -23,6 +23,10 @@ url = "mysql://root@127.0.0.1:$port/shop"
 access = "read-write"
 sandbox = true
 
+[db.app.invariants]           # data-validation queries: each counts violating rows
+no-negative-amounts = "SELECT COUNT(*) FROM orders WHERE amount < 0"
+amounts-below-a-million = "SELECT COUNT(*) FROM orders WHERE amount >= 1000000"
+
 [backup.app]
 access = ["create", "list", "verify", "restore"]
 restore-to = ["app"]

@@ -523,6 +523,24 @@ impl db::Host for HostState {
             .await)
     }
 
+    async fn invariants(&mut self, connection: String) -> HostResult<Vec<db::Invariant>> {
+        let caps = Arc::clone(&self.caps);
+        let call = Call::new("db", "invariants", connection.clone());
+        let decision = caps.db.decide(&connection, "invariants", false);
+        Ok(caps
+            .gate
+            .call(call, decision, || async {
+                Ok(caps
+                    .db
+                    .invariants(&connection)
+                    .await?
+                    .into_iter()
+                    .map(|(name, violations)| db::Invariant { name, violations })
+                    .collect::<Vec<_>>())
+            })
+            .await)
+    }
+
     async fn ping(&mut self, connection: String) -> HostResult<u64> {
         let caps = Arc::clone(&self.caps);
         let call = Call::new("db", "ping", connection.clone());

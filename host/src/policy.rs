@@ -170,6 +170,11 @@ pub struct DbGrant {
     /// A drill's inject steps may use this connection.
     #[serde(default)]
     pub sandbox: bool,
+    /// Data-validation queries by name, each counting the rows that violate
+    /// an invariant (`db.invariants` runs them; the plugin never sees the SQL
+    /// text it did not write).
+    #[serde(default)]
+    pub invariants: BTreeMap<String, String>,
 }
 
 /// What a plugin may do with a backup source.

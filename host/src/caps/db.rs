@@ -50,6 +50,19 @@ pub struct DbCap {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The audit record names each invariant with its count.
+impl Summarize for Vec<crate::bindings::drhost::plugin::db::Invariant> {
+    fn moved(&self) -> Moved {
+        let mut m = Moved::default();
+        let found: serde_json::Map<String, serde_json::Value> = self
+            .iter()
+            .map(|i| (i.name.clone(), i.violations.into()))
+            .collect();
+        m.extra.insert("violations".into(), found.into());
+        m
+    }
+}
+
 impl Summarize for Rows {
     fn moved(&self) -> Moved {
         let mut m = Moved::default();
@@ -127,6 +140,31 @@ impl DbCap {
         self.conns
             .get(name)
             .is_some_and(|c| c.grant.access == DbAccess::ReadOnly)
+    }
+
+    /// The grant's data-validation queries, each with its count of violating rows.
+    pub async fn invariants(&self, name: &str) -> Result<Vec<(String, u64)>, CapError> {
+        let queries = self
+            .conns
+            .get(name)
+            .map(|c| c.grant.invariants.clone())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(queries.len());
+        for (check, sql) in queries {
+            let rows = self.query(name, &sql, &[]).await?;
+            let n = match rows.rows.first().and_then(|r| r.first()) {
+                Some(Value::Int(n)) => u64::try_from(*n).ok(),
+                Some(Value::Text(t)) => t.trim().parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                CapError::Invalid(format!(
+                    "[db.{name}.invariants] {check}: the query must return a count of violating rows"
+                ))
+            })?;
+            out.push((check, n));
+        }
+        Ok(out)
     }
 
     /// Round-trip time in microseconds.

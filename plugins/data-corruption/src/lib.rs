@@ -10,9 +10,11 @@
 //! queries, `SET GLOBAL read_only`), `[backup.app]` with create, list and
 //! restore, `restore-to = ["app"]`.
 //!
-//! The invariants are queries that count violating rows; the defaults suit
-//! the example's `orders` table, and the state key `invariants` replaces
-//! them (one `name = SELECT COUNT(*) …` per line).
+//! The invariants are queries that count violating rows, named by the
+//! policy (`[db.app.invariants]`, run by the host through `db.invariants`);
+//! without them the plugin uses its state key `invariants` (one `name =
+//! SELECT COUNT(*) …` per line) or defaults that suit the example's `orders`
+//! table.
 //!
 //! As a drill it injects the disaster itself: an `orders` table with good
 //! rows, a full backup, more good rows, then (a second later, so the binary
@@ -116,8 +118,16 @@ fn invariants() -> Vec<(String, String)> {
     }
 }
 
-/// Each invariant's count of violating rows.
+/// Each invariant's count of violating rows: the policy's
+/// (`[db.app.invariants]`, run by the host), else the plugin's own.
 fn violations() -> Result<Vec<(String, i64)>, StepError> {
+    let named = db::invariants(DB).during("running the policy's invariants")?;
+    if !named.is_empty() {
+        return Ok(named
+            .into_iter()
+            .map(|i| (i.name, i64::try_from(i.violations).unwrap_or(i64::MAX)))
+            .collect());
+    }
     invariants()
         .into_iter()
         .map(|(name, sql)| Ok((name, scalar_i64(DB, &sql, &[])?)))

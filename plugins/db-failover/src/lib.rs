@@ -59,7 +59,7 @@ fn scenario() -> Scenario {
         .step(
             detect("confirm-failure", COMPONENT)
                 .within(minutes(1))
-                .about("ping the primary, three attempts"),
+                .about("ping the primary, three attempts; the application's error rate"),
         )
         .step(
             recover("promote-replica", COMPONENT)
@@ -117,13 +117,29 @@ fn inject_outage() -> StepResult {
     Ok(Outcome::Ok(vec![finding("data-at-disaster-ms", now)]))
 }
 
+/// The application's error rate, when its metrics URL is configured (state
+/// `error-rate-url`, a Prometheus-style `error_rate` line): evidence for the
+/// report beside the pings.
+fn error_rate() -> Option<Finding> {
+    let url = String::from_utf8(state::get("error-rate-url")?).ok()?;
+    let text = match http::get(&url) {
+        Ok(r) => r.text(),
+        Err(e) => return Some(finding("error-rate", format!("unknown: {e}"))),
+    };
+    let rate = text.lines().find_map(|l| l.strip_prefix("error_rate "))?;
+    Some(finding("error-rate", rate.trim()))
+}
+
 fn confirm_failure() -> Outcome {
+    let rate = error_rate();
     let mut errors = Vec::new();
     for attempt in 1..=3 {
         match db::ping(PRIMARY) {
             Ok(us) => {
                 info(&format!("primary answers in {us} µs"));
-                return Outcome::Ok(vec![finding("ping-us", us)]);
+                let mut out = vec![finding("ping-us", us)];
+                out.extend(rate);
+                return Outcome::Ok(out);
             }
             Err(e) => errors.push(drhost_plugin::describe(&e)),
         }
@@ -131,13 +147,15 @@ fn confirm_failure() -> Outcome {
             clock::sleep_ms(1000);
         }
     }
-    Outcome::Detected(vec![
+    let mut out = vec![
         finding(
             "primary-unreachable",
             errors.last().cloned().unwrap_or_default(),
         ),
         finding("attempts", errors.len()),
-    ])
+    ];
+    out.extend(rate);
+    Outcome::Detected(out)
 }
 
 /// The replica's SHOW SLAVE STATUS, as column → value.
