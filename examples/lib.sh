@@ -11,13 +11,19 @@ mkdir -p "$work"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# bg NAME COMMAND…: runs in the background in its own session; remembered.
+# bg NAME COMMAND…: runs in the background in its own session; remembered
+# with its start time, so that stop_all never signals a process that only
+# reuses the number (PIDs wrap around quickly on a busy machine).
 bg() {
     local name=$1
     shift
     setsid "$@" >"$work/$name.log" 2>&1 </dev/null &
-    echo $! >>"$work/pids"
+    printf '%s %s\n' "$!" "$(started "$!")" >>"$work/pids"
 }
+
+# When a process started (clock ticks since boot): a PID plus this names one
+# process, even after the number is reused.
+started() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null || echo gone; }
 
 wait_http() {
     for _ in $(seq 1 200); do
@@ -68,7 +74,10 @@ stop_all() {
         rm -f "$work/app-ports"
     fi
     if [ -f "$work/pids" ]; then
-        while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$work/pids"
+        while read -r pid start; do
+            # Only if that PID is still the process bg started.
+            [ "$(started "$pid")" = "$start" ] && kill "$pid" 2>/dev/null || true
+        done <"$work/pids"
         rm -f "$work/pids"
     fi
 }
