@@ -1084,7 +1084,7 @@ impl BreachSetup {
             format!(
                 "[db.app]\nurl = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
                  [s3.logs]\npath = \"logs\"\naccess = [\"read\", \"list\", \"write\"]\nsandbox = true\n\
-                 [s3.evidence]\npath = \"evidence\"\naccess = [\"read\", \"write\"]\n\
+                 [s3.evidence]\npath = \"evidence\"\naccess = [\"read\", \"write\"]\nwrite-once = true\n\
                  [http]\nallow = [{}]\n",
                 self.url,
                 urls.join(", ")
@@ -1782,4 +1782,70 @@ fn every_example_drill_passes_with_drill_all() {
             "{e}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_write_once_alias_creates_objects_but_never_replaces_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps(
+        "[s3.evidence]\npath = \"ev\"\naccess = [\"read\", \"write\"]\nwrite-once = true\n\
+         [s3.logs]\npath = \"logs\"\naccess = [\"read\", \"write\"]\n",
+        dir.path(),
+    )
+    .await;
+    ok(
+        &caps,
+        "s3.put",
+        &[
+            ("alias", "evidence"),
+            ("key", "case/a.log"),
+            ("body", "first"),
+        ],
+    )
+    .await;
+    let why = failed(
+        &caps,
+        "s3.put",
+        &[
+            ("alias", "evidence"),
+            ("key", "case/a.log"),
+            ("body", "second"),
+        ],
+    )
+    .await;
+    assert!(why.contains("write-once"), "{why}");
+    ok(
+        &caps,
+        "s3.put",
+        &[("alias", "logs"), ("key", "x.log"), ("body", "log")],
+    )
+    .await;
+    let why = failed(
+        &caps,
+        "s3.copy",
+        &[
+            ("alias", "logs"),
+            ("key", "x.log"),
+            ("dst-alias", "evidence"),
+            ("dst-key", "case/a.log"),
+        ],
+    )
+    .await;
+    assert!(why.contains("write-once"), "{why}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ev/case/a.log")).unwrap(),
+        "first"
+    );
+    // A new key is fine.
+    ok(
+        &caps,
+        "s3.copy",
+        &[
+            ("alias", "logs"),
+            ("key", "x.log"),
+            ("dst-alias", "evidence"),
+            ("dst-key", "case/x.log"),
+        ],
+    )
+    .await;
 }

@@ -22,6 +22,7 @@ sandbox = true
 [s3.evidence]
 path = "evidence"
 access = ["read", "write"]      # no delete: evidence is only ever added
+write-once = true               # and never replaced
 
 [http]
 allow = ["http://127.0.0.1:$sink/"]

@@ -304,6 +304,7 @@ impl s3::Host for HostState {
                     )));
                 }
                 let full = a.key(&key)?;
+                a.check_new(&full, &key).await?;
                 Ok(a.backend.put(&full, body).await?.to_wit(a))
             })
             .await)
@@ -379,6 +380,7 @@ impl s3::Host for HostState {
             .call(call, decision, || async {
                 let from = src.key(&src_key)?;
                 let to = dst.key(&dst_key)?;
+                dst.check_new(&to, &dst_key).await?;
                 let meta = s3cap::copy(src, &from, dst, &to)
                     .await
                     .map_err(|e| relative_error(e, src))?;

@@ -133,6 +133,11 @@ pub struct S3Grant {
     /// A drill's inject steps may use this alias (it holds no production data).
     #[serde(default)]
     pub sandbox: bool,
+    /// Writes may create objects but never replace one (evidence, audit
+    /// copies). On S3 pair it with object lock for a guarantee the bucket
+    /// itself keeps.
+    #[serde(default)]
+    pub write_once: bool,
 }
 
 impl S3Grant {

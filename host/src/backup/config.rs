@@ -161,6 +161,7 @@ impl Target {
             access_key_id: self.access_key_id.clone(),
             secret_access_key: self.secret_access_key.clone(),
             sandbox: false,
+            write_once: false,
         }
     }
 }

@@ -10,7 +10,8 @@
 //! examples/security-breach): `auth_events(at_ms, account, ip, action,
 //! success)`, `accounts(name, disabled)`, `api_keys(id, account, revoked)`.
 //! Grants: `[db.app]` read-write, `[s3.logs]` read and list, `[s3.evidence]`
-//! write and read (no delete: evidence is only ever added), `[http] allow`
+//! write and read with `write-once = true` (evidence is only ever added,
+//! never replaced), `[http] allow`
 //! for the webhooks, listed in the state key `webhooks` ("name url" per
 //! line). An account is suspicious when it has at least
 //! `failed-logins-threshold` (default 10) failed logins followed by a
@@ -283,7 +284,11 @@ fn preserve(context: &[Finding]) -> StepResult {
     let mut out = vec![finding("case", &case)];
     for key in all_values(context, "log-object") {
         let dst = format!("{case}logs/{key}");
-        s3::copy(LOGS, key, EVIDENCE, &dst).during(format!("copying {key} to the evidence"))?;
+        // Evidence is write-once: a second run of the same case finds it there.
+        if s3::head(EVIDENCE, &dst).during(format!("looking for {dst}"))?.is_none() {
+            s3::copy(LOGS, key, EVIDENCE, &dst)
+                .during(format!("copying {key} to the evidence"))?;
+        }
         let original = s3::checksum(LOGS, key).during(format!("checksum of {key}"))?;
         let copy = s3::checksum(EVIDENCE, &dst).during(format!("checksum of {dst}"))?;
         if original != copy {
@@ -306,7 +311,11 @@ fn preserve(context: &[Finding]) -> StepResult {
         }
     }
     let dst = format!("{case}auth_events.csv");
-    s3::put(EVIDENCE, &dst, rows.as_bytes()).during("writing the suspicious rows")?;
+    if s3::head(EVIDENCE, &dst).during(format!("looking for {dst}"))?.is_none() {
+        s3::put(EVIDENCE, &dst, rows.as_bytes()).during("writing the suspicious rows")?;
+    } else if s3::get(EVIDENCE, &dst).during(format!("reading {dst}"))? != rows.as_bytes() {
+        return Err(format!("{dst} is already in the evidence with different content").into());
+    }
     let sum = s3::checksum(EVIDENCE, &dst).during(format!("checksum of {dst}"))?;
     out.push(finding(format!("sha256.{dst}"), sum));
     Ok(Outcome::Ok(out))

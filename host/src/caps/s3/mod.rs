@@ -154,6 +154,24 @@ impl Alias {
         }
     }
 
+    /// On a write-once alias, refuses a key that already exists.
+    pub async fn check_new(&self, full: &str, key: &str) -> Result<(), CapError> {
+        if !self.grant.write_once {
+            return Ok(());
+        }
+        match self.backend.head(full).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(CapError::Denied(format!(
+                "{key:?} exists on alias {:?}, which is write-once ([s3.{}] write-once = true): objects there are never replaced",
+                self.name, self.name
+            ))),
+            Err(e) => Err(CapError::Unavailable(format!(
+                "checking {key:?} on write-once alias {:?}: {e}",
+                self.name
+            ))),
+        }
+    }
+
     /// The full key for a plugin key, or why it is refused.
     pub fn key(&self, key: &str) -> Result<String, CapError> {
         keys::full_key(&self.grant.prefix, key)
