@@ -480,6 +480,12 @@ async fn an_inject_step_of_the_probe_is_denied_outside_the_sandbox_but_allowed_i
 
 // ---- scenario 5, data corruption, on the private MariaDB with binary logging ----
 
+/// The two data-corruption drills take turns on the binlog server: a replay
+/// from a time starts at the first event at or after it (mariadb-binlog's
+/// rule), so another session's writes committed in between could pull an
+/// earlier transaction into the replay.
+static BINLOG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A fresh database on the binlog server, a drhost.toml backing it up to a
 /// local target, and the drill policy granting it as a sandbox.
 async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
@@ -531,6 +537,7 @@ async fn scalar(url: &str, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn data_corruption_drill_restores_to_the_point_before_the_bad_write_and_loses_nothing() {
+    let _turn = BINLOG.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (policy, config, url) = corruption_drill_setup(dir.path()).await;
     let r = drhost::drill::run(
@@ -603,6 +610,7 @@ async fn data_corruption_drill_restores_to_the_point_before_the_bad_write_and_lo
 
 #[tokio::test]
 async fn data_corruption_drill_without_a_backup_fails_and_says_why() {
+    let _turn = BINLOG.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (policy, config, url) = corruption_drill_setup(dir.path()).await;
     let store =
