@@ -93,6 +93,14 @@ start_mariadb binlog "$mport" --server-id=1 --log-bin=binlog --binlog-format=ROW
 mariadb --no-defaults -h 127.0.0.1 -P "$mport" -u root -e 'CREATE DATABASE IF NOT EXISTS test'
 export DRHOST_TEST_MARIADB_BINLOG="mysql://root@127.0.0.1:$mport/test"
 
+say "a private MariaDB with binary logging for the data-corruption drills"
+# Its own: the point-in-time tests above replay events with fake times, and
+# MariaDB was seen to hand such a clock on to later sessions.
+dport=$(free_port)
+start_mariadb drill "$dport" --server-id=2 --log-bin=binlog --binlog-format=ROW
+mariadb --no-defaults -h 127.0.0.1 -P "$dport" -u root -e 'CREATE DATABASE IF NOT EXISTS test'
+export DRHOST_TEST_MARIADB_DRILL="mysql://root@127.0.0.1:$dport/test"
+
 say "a MariaDB primary and its replica (database failover)"
 pport=$(free_port)
 rport=$(free_port)

@@ -480,17 +480,17 @@ async fn an_inject_step_of_the_probe_is_denied_outside_the_sandbox_but_allowed_i
 
 // ---- scenario 5, data corruption, on the private MariaDB with binary logging ----
 
-/// The two data-corruption drills take turns on the binlog server: a replay
-/// from a time starts at the first event at or after it (mariadb-binlog's
-/// rule), so another session's writes committed in between could pull an
-/// earlier transaction into the replay.
+/// The two data-corruption drills take turns on their server: a replay from
+/// a time starts at the first event at or after it (mariadb-binlog's rule),
+/// so another session's writes committed in between could pull an earlier
+/// transaction into the replay.
 static BINLOG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fresh database on the binlog server, a drhost.toml backing it up to a
 /// local target, and the drill policy granting it as a sandbox.
 async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
     use sqlx::{Connection, Executor};
-    let base = mariadb_binlog_url();
+    let base = mariadb_drill_url();
     let base = base.rsplit_once('/').unwrap().0.to_string();
     let db = format!("drhost_bk_dc_{}", unique().replace('-', "_"));
     let mut c = sqlx::MySqlConnection::connect(&format!("{base}/test"))

@@ -306,3 +306,9 @@ pub fn mariadb_replica_url() -> String {
     std::env::var("DRHOST_TEST_MARIADB_REPLICA")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3309/test".into())
 }
+
+/// A private MariaDB with binary logging for the data-corruption drills only.
+pub fn mariadb_drill_url() -> String {
+    std::env::var("DRHOST_TEST_MARIADB_DRILL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3310/test".into())
+}
