@@ -31,6 +31,25 @@ fn drill_policy(dir: &Path) -> PathBuf {
     p
 }
 
+/// A drill of a built plugin with its records and state under `dir`.
+async fn drill_plugin(
+    dir: &Path,
+    plugin: &str,
+    policy: &Path,
+    config: Option<&Path>,
+) -> orchestrator::RunReport {
+    drhost::drill::run(
+        runtime(),
+        &plugin_path(plugin),
+        policy,
+        config,
+        &dir.join("runs"),
+        &dir.join("state"),
+    )
+    .await
+    .unwrap()
+}
+
 async fn drill(
     dir: &Path,
     policy: &Path,
@@ -692,32 +711,17 @@ struct AppSetup {
 impl AppSetup {
     fn start() -> AppSetup {
         let (blue, green, switch) = (free_port(), free_port(), free_port());
-        for (port, name) in [(blue, "blue"), (green, "green")] {
-            let out = Command::new(fixture("start-app.sh"))
-                .args([port.to_string(), name.to_string()])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let switch_process = Command::new("python3")
-            .arg(fixture("switch.py"))
-            .arg(switch.to_string())
-            .arg(format!("blue=http://127.0.0.1:{blue}"))
-            .arg(format!("green=http://127.0.0.1:{green}"))
-            .spawn()
-            .unwrap();
-        // Ready when it answers (start-app.sh waits the same way for the servers).
-        let ready = (0..200).any(|_| {
-            http("GET", switch, "/active").is_some() || {
-                std::thread::sleep(std::time::Duration::from_millis(25));
-                false
-            }
-        });
-        assert!(ready, "the switch did not start");
+        start_app(blue, "blue");
+        start_app(green, "green");
+        let switch_process = start_fixture(
+            "switch.py",
+            switch,
+            &[
+                format!("blue=http://127.0.0.1:{blue}"),
+                format!("green=http://127.0.0.1:{green}"),
+            ],
+            "/active",
+        );
         AppSetup {
             blue,
             green,
@@ -773,25 +777,12 @@ impl Drop for AppSetup {
     }
 }
 
-async fn app_drill(dir: &Path, apps: &AppSetup) -> orchestrator::RunReport {
-    drhost::drill::run(
-        runtime(),
-        &plugin_path("app-failover"),
-        &apps.policy(dir),
-        None,
-        &dir.join("runs"),
-        &dir.join("state"),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn app_failover_drill_routes_to_the_backup_restarts_the_failed_server_and_verifies() {
     let apps = AppSetup::start();
     let dir = tempfile::tempdir().unwrap();
     apps.state(dir.path(), &[]);
-    let r = app_drill(dir.path(), &apps).await;
+    let r = drill_plugin(dir.path(), "app-failover", &apps.policy(dir.path()), None).await;
     let table = orchestrator::render_table(&r);
     assert_eq!(
         (r.outcome.as_str(), r.exit_code),
@@ -843,7 +834,7 @@ async fn app_failover_drill_with_the_backup_down_as_well_fails_and_says_why() {
     let apps = AppSetup::start();
     let dir = tempfile::tempdir().unwrap();
     apps.state(dir.path(), &[("drill.crash-both", "yes")]);
-    let r = app_drill(dir.path(), &apps).await;
+    let r = drill_plugin(dir.path(), "app-failover", &apps.policy(dir.path()), None).await;
     let table = orchestrator::render_table(&r);
     assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
     let route = r.steps.iter().find(|s| s.id == "route-to-backup").unwrap();
@@ -968,25 +959,12 @@ impl Drop for NetSetup {
     }
 }
 
-async fn net_drill(dir: &Path, policy: &Path) -> orchestrator::RunReport {
-    drhost::drill::run(
-        runtime(),
-        &plugin_path("network-failover"),
-        policy,
-        None,
-        &dir.join("runs"),
-        &dir.join("state"),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn network_drill_fails_the_dns_record_over_verifies_and_fails_back() {
     let net = NetSetup::start();
     let dir = tempfile::tempdir().unwrap();
     let policy = net.prepare(dir.path(), &[]);
-    let r = net_drill(dir.path(), &policy).await;
+    let r = drill_plugin(dir.path(), "network-failover", &policy, None).await;
     let table = orchestrator::render_table(&r);
     assert_eq!(
         (r.outcome.as_str(), r.exit_code),
@@ -1040,7 +1018,7 @@ async fn network_drill_with_both_paths_cut_fails_and_leaves_the_record_alone() {
     let net = NetSetup::start();
     let dir = tempfile::tempdir().unwrap();
     let policy = net.prepare(dir.path(), &[("drill.cut-both", "yes")]);
-    let r = net_drill(dir.path(), &policy).await;
+    let r = drill_plugin(dir.path(), "network-failover", &policy, None).await;
     let table = orchestrator::render_table(&r);
     assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
     let failover = r.steps.iter().find(|s| s.id == "fail-over-dns").unwrap();
@@ -1125,25 +1103,12 @@ impl Drop for BreachSetup {
     }
 }
 
-async fn breach_drill(dir: &Path, policy: &Path) -> orchestrator::RunReport {
-    drhost::drill::run(
-        runtime(),
-        &plugin_path("security-breach"),
-        policy,
-        None,
-        &dir.join("runs"),
-        &dir.join("state"),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn security_drill_finds_the_intrusion_contains_it_preserves_evidence_and_notifies() {
     let b = BreachSetup::start().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = b.prepare(dir.path(), &b.hooks());
-    let r = breach_drill(dir.path(), &policy).await;
+    let r = drill_plugin(dir.path(), "security-breach", &policy, None).await;
     let table = orchestrator::render_table(&r);
     assert_eq!(
         (r.outcome.as_str(), r.exit_code),
@@ -1213,7 +1178,7 @@ async fn security_drill_fails_when_a_notification_gateway_is_down_and_names_it()
     // The e-mail gateway is down: nothing listens on its port.
     hooks[1].1 = format!("http://127.0.0.1:{}/email", free_port());
     let policy = b.prepare(dir.path(), &hooks);
-    let r = breach_drill(dir.path(), &policy).await;
+    let r = drill_plugin(dir.path(), "security-breach", &policy, None).await;
     let table = orchestrator::render_table(&r);
     assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
     let notify = r.steps.iter().find(|s| s.id == "notify").unwrap();
@@ -1378,19 +1343,6 @@ impl Drop for DbSetup {
     }
 }
 
-async fn db_drill(dir: &Path, policy: &Path, config: &Path) -> orchestrator::RunReport {
-    drhost::drill::run(
-        runtime(),
-        &plugin_path("db-failover"),
-        policy,
-        Some(config),
-        &dir.join("runs"),
-        &dir.join("state"),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn database_drill_promotes_the_replica_repoints_the_application_and_loses_nothing() {
     let _turn = PAIR.lock().await;
@@ -1407,7 +1359,7 @@ async fn database_drill_promotes_the_replica_repoints_the_application_and_loses_
         &format!("allow = [\"http://127.0.0.1:{app}/\", "),
     );
     std::fs::write(&policy, text).unwrap();
-    let r = db_drill(dir.path(), &policy, &config).await;
+    let r = drill_plugin(dir.path(), "db-failover", &policy, Some(&config)).await;
     let _ = http("POST", app, "/crash");
     let table = orchestrator::render_table(&r);
     assert_eq!(
@@ -1470,7 +1422,7 @@ async fn database_drill_without_a_replica_restores_the_latest_verified_backup_in
     b.create("app", drhost::backup::manifest::Kind::Full)
         .await
         .unwrap();
-    let r = db_drill(dir.path(), &policy, &config).await;
+    let r = drill_plugin(dir.path(), "db-failover", &policy, Some(&config)).await;
     let table = orchestrator::render_table(&r);
     let restore = r
         .steps
@@ -1502,7 +1454,7 @@ async fn database_drill_without_a_replica_or_a_backup_fails_and_says_why() {
     let s = DbSetup::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (policy, config) = s.prepare(dir.path(), &[("drill.no-replica", "yes")]);
-    let r = db_drill(dir.path(), &policy, &config).await;
+    let r = drill_plugin(dir.path(), "db-failover", &policy, Some(&config)).await;
     let table = orchestrator::render_table(&r);
     assert_eq!((r.outcome.as_str(), r.exit_code), ("failed", 1), "{table}");
     let promote = r.steps.iter().find(|s| s.id == "promote-replica").unwrap();
@@ -1578,16 +1530,7 @@ async fn drill_with(
 ) -> orchestrator::RunReport {
     let policy = dir.join(format!("{plugin}.drill.policy.toml"));
     std::fs::write(&policy, policy_text).unwrap();
-    drhost::drill::run(
-        runtime(),
-        &plugin_path(plugin),
-        &policy,
-        config,
-        &dir.join("runs"),
-        &dir.join("state"),
-    )
-    .await
-    .unwrap()
+    drill_plugin(dir, plugin, &policy, config).await
 }
 
 #[tokio::test]

@@ -24,18 +24,12 @@ use drhost_plugin::scenario::{
 use drhost_plugin::wait::Wait;
 use drhost_plugin::{
     ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, exec, finding, http, info,
-    state, warn,
+    setting, setting_words, state, warn,
 };
 
 const COMPONENT: &str = "application";
 
 struct AppFailover;
-
-fn setting(key: &str, default: &str) -> String {
-    state::get(key)
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn primary() -> String {
     setting("primary-url", "http://127.0.0.1:8081")
@@ -87,12 +81,7 @@ fn scenario() -> Scenario {
 }
 
 fn crash(base: &str) -> Result<(), drhost_plugin::error::StepError> {
-    match http::post(&format!("{base}/crash"), "text/plain", b"") {
-        Ok(_) => Ok(()),
-        Err(e) if e.contains("denied") => Err(format!("crashing {base}: {e}").into()),
-        // The server exits while answering: a cut connection is success too.
-        Err(_) => Ok(()),
-    }
+    http::post_expecting_hangup(&format!("{base}/crash")).during(format!("crashing {base}"))
 }
 
 fn inject_crash() -> StepResult {
@@ -144,10 +133,10 @@ fn route_to_backup() -> StepResult {
 }
 
 fn restart_failed() -> StepResult {
-    let args: Vec<String> = setting("restart-args", "8081 blue")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let mut args = setting_words("restart-args");
+    if args.is_empty() {
+        args = vec!["8081".into(), "blue".into()];
+    }
     let r = exec::run("restart-app", &args).during("restarting the failed server")?;
     if r.exit_code != Some(0) {
         return Err(format!(

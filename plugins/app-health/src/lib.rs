@@ -8,7 +8,7 @@
 use drhost_plugin::error::{StepResult, outcome};
 use drhost_plugin::health::HealthCheck;
 use drhost_plugin::scenario::{Scenario, component, detect, minutes, seconds, verify};
-use drhost_plugin::{ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, info, state};
+use drhost_plugin::{ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, info, setting};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8080/health";
 
@@ -36,9 +36,7 @@ fn scenario() -> Scenario {
 }
 
 fn health_url() -> String {
-    state::get("health-url")
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_else(|| DEFAULT_URL.to_string())
+    setting("health-url", DEFAULT_URL)
 }
 
 /// Three attempts a second apart, so one dropped packet does not declare a

@@ -243,8 +243,9 @@ fn restore(context: &[Finding]) -> StepResult {
     let point = rfc3339(since);
     // The second after the last bad write: the good transactions from there on are replayed.
     let resume = rfc3339((until / 1000 + 1) * 1000);
-    let r = backup::restore_skipping(SOURCE, "latest", SOURCE, &point, &resume)
-        .during(format!("restoring {SOURCE} to {point}, resuming at {resume}"))?;
+    let r = backup::restore_skipping(SOURCE, "latest", SOURCE, &point, &resume).during(format!(
+        "restoring {SOURCE} to {point}, resuming at {resume}"
+    ))?;
     Ok(Outcome::Ok(vec![
         finding("point-in-time", &point),
         finding("resumed-at", &resume),

@@ -109,10 +109,7 @@ fn inject_outage() -> StepResult {
     let control = state::get("primary-control")
         .and_then(|v| String::from_utf8(v).ok())
         .ok_or("state key primary-control (the proxy's control URL) is not set")?;
-    match http::post(&format!("{control}/crash"), "text/plain", b"") {
-        Err(e) if e.contains("denied") => return Err(format!("cutting the primary: {e}").into()),
-        _ => {}
-    }
+    http::post_expecting_hangup(&format!("{control}/crash")).during("cutting the primary")?;
     warn("drill: the primary's network path is cut");
     Ok(Outcome::Ok(vec![finding("data-at-disaster-ms", now)]))
 }
@@ -249,7 +246,10 @@ fn restore_from_backup(context: &[Finding]) -> StepResult {
             chosen = Some(b);
             break;
         }
-        warn(&format!("backup {} failed its checklist; trying an older one", b.id));
+        warn(&format!(
+            "backup {} failed its checklist; trying an older one",
+            b.id
+        ));
         rejected.push(b.id.clone());
     }
     let Some(latest) = chosen else {

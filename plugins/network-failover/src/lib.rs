@@ -21,21 +21,15 @@ use drhost_plugin::scenario::{
     Scenario, component, detect, inject, minutes, recover, seconds, verify,
 };
 use drhost_plugin::wait::Wait;
-use std::time::Duration;
 use drhost_plugin::{
     ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, context_value, exec, finding,
-    http, info, net, state, warn,
+    http, info, net, setting, setting_words, state, warn,
 };
+use std::time::Duration;
 
 const COMPONENT: &str = "network";
 
 struct NetworkFailover;
-
-fn setting(key: &str, default: &str) -> String {
-    state::get(key)
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn primary() -> String {
     setting("primary", "localhost:8081")
@@ -138,11 +132,8 @@ fn set_dns_record(value: &str) -> Result<(), StepError> {
 
 fn cut(endpoint: &str) -> Result<(), StepError> {
     let (host, port) = split(endpoint)?;
-    match http::post(&format!("http://{host}:{port}/crash"), "text/plain", b"") {
-        Err(e) if e.contains("denied") => Err(format!("cutting {endpoint}: {e}").into()),
-        // The endpoint goes away while answering: a cut connection is success.
-        _ => Ok(()),
-    }
+    http::post_expecting_hangup(&format!("http://{host}:{port}/crash"))
+        .during(format!("cutting {endpoint}"))
 }
 
 fn inject_outage() -> StepResult {
@@ -222,10 +213,7 @@ fn fail_back(context: &[Finding]) -> StepResult {
     if context_value(context, "record") != Some(backup().as_str()) {
         return Ok(Outcome::Skipped("no failover to undo".into()));
     }
-    let args: Vec<String> = setting("restore-args", "")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let args = setting_words("restore-args");
     let r = exec::run("restore-primary", &args).during("restoring the primary path")?;
     if r.exit_code != Some(0) {
         return Err(format!("restoring the primary path failed: {}", r.stderr.trim()).into());

@@ -13,7 +13,7 @@ use drhost_plugin::health::HealthCheck;
 use drhost_plugin::scenario::{Scenario, component, detect, inject, minutes, recover, verify};
 use drhost_plugin::{
     ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, context_value, exec, finding,
-    http, state,
+    http, setting, setting_words,
 };
 
 const C: &str = "application";
@@ -21,18 +21,7 @@ const C: &str = "application";
 struct Runbook;
 
 fn app() -> String {
-    state::get("app-url")
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_else(|| "http://127.0.0.1:3000".into())
-}
-
-fn args(key: &str) -> Vec<String> {
-    state::get(key)
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    setting("app-url", "http://127.0.0.1:3000")
 }
 
 fn cmd(line: &str) -> Finding {
@@ -102,10 +91,8 @@ fn health(
 }
 
 fn inject_crash() -> StepResult {
-    match http::post(&format!("{}/crash", app()), "text/plain", b"") {
-        Err(e) if e.contains("denied") => Err(format!("crashing the application: {e}").into()),
-        _ => Ok(Outcome::Ok(vec![])),
-    }
+    http::post_expecting_hangup(&format!("{}/crash", app())).during("crashing the application")?;
+    Ok(Outcome::Ok(vec![]))
 }
 
 fn step1() -> Outcome {
@@ -121,7 +108,8 @@ fn step1() -> Outcome {
 }
 
 fn step2() -> StepResult {
-    let r = exec::run("show-logs", &args("log-args")).during("reading the application's log")?;
+    let r = exec::run("show-logs", &setting_words("log-args"))
+        .during("reading the application's log")?;
     let lines: Vec<&str> = r.stdout.lines().collect();
     let errors = lines.iter().filter(|l| l.contains("ERROR")).count();
     Ok(Outcome::Ok(vec![
@@ -133,7 +121,8 @@ fn step2() -> StepResult {
 }
 
 fn step3() -> StepResult {
-    let r = exec::run("restart-app", &args("restart-args")).during("restarting the application")?;
+    let r = exec::run("restart-app", &setting_words("restart-args"))
+        .during("restarting the application")?;
     // A failed restart is not the end: step 6 redeploys.
     Ok(Outcome::Ok(vec![
         finding(
@@ -181,7 +170,7 @@ fn step6(context: &[Finding]) -> StepResult {
     if context_value(context, "healthy") == Some("true") {
         return Ok(Outcome::Skipped("the restart worked".into()));
     }
-    let r = exec::run("redeploy", &args("redeploy-args")).during("redeploying")?;
+    let r = exec::run("redeploy", &setting_words("redeploy-args")).during("redeploying")?;
     if r.exit_code != Some(0) {
         return Err(format!("redeploy failed: {}", r.stderr.trim()).into());
     }

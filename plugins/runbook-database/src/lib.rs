@@ -16,18 +16,12 @@ use drhost_plugin::scenario::{Scenario, component, detect, inject, minutes, reco
 use drhost_plugin::smoke::{Expect, Smoke};
 use drhost_plugin::{
     ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, backup, db, exec, finding,
-    http, s3, state,
+    http, s3, setting, setting_words,
 };
 
 const C: &str = "database";
 
 struct Runbook;
-
-fn setting(key: &str, default: &str) -> String {
-    state::get(key)
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn cmd(line: &str) -> Finding {
     finding("command", line)
@@ -103,10 +97,7 @@ fn inject_cut() -> StepResult {
     }
     let b = backup::create("app", backup::BackupKind::Full).during("taking the full backup")?;
     let control = setting("primary-control", "");
-    match http::post(&format!("{control}/crash"), "text/plain", b"") {
-        Err(e) if e.contains("denied") => return Err(format!("cutting the database: {e}").into()),
-        _ => {}
-    }
+    http::post_expecting_hangup(&format!("{control}/crash")).during("cutting the database")?;
     Ok(Outcome::Ok(vec![finding("backup", b.id)]))
 }
 
@@ -209,10 +200,7 @@ fn step6() -> StepResult {
 }
 
 fn step7() -> StepResult {
-    let args: Vec<String> = setting("restart-args", "")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let args = setting_words("restart-args");
     let r = exec::run("restart-app", &args).during("restarting the application")?;
     if r.exit_code != Some(0) {
         return Err(format!("restart failed: {}", r.stderr.trim()).into());

@@ -15,7 +15,7 @@ use drhost_plugin::listing::compare_aliases;
 use drhost_plugin::scenario::{Scenario, component, detect, inject, minutes, recover, verify};
 use drhost_plugin::{
     ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, clock, exec, finding, list_all,
-    s3, state,
+    s3, setting, setting_words,
 };
 
 const PRIMARY: &str = "primary";
@@ -168,12 +168,7 @@ fn step5() -> StepResult {
 }
 
 fn step6() -> StepResult {
-    let args: Vec<String> = state::get("restart-args")
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let args = setting_words("restart-args");
     let r = exec::run("restart-app", &args).during("restarting the application")?;
     if r.exit_code != Some(0) {
         return Err(format!("restart failed: {}", r.stderr.trim()).into());
@@ -185,9 +180,7 @@ fn step6() -> StepResult {
 }
 
 fn step7() -> StepResult {
-    let url = state::get("health-url")
-        .and_then(|v| String::from_utf8(v).ok())
-        .unwrap_or_else(|| "http://127.0.0.1:3000/health".into());
+    let url = setting("health-url", "http://127.0.0.1:3000/health");
     let h = HealthCheck::new(&url).run()?;
     let mut out = h.findings();
     out.push(cmd(&format!("curl {url}")));

@@ -46,6 +46,16 @@ pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<Response, Stri
     )
 }
 
+/// POSTs to a URL that may drop the connection instead of answering (a
+/// service told to crash or shut down: what drills inject). Only a policy
+/// denial is an error; any answer, or none, is success.
+pub fn post_expecting_hangup(url: &str) -> Result<(), String> {
+    match post(url, "text/plain", b"") {
+        Err(e) if e.contains("denied by the policy") => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Sends one request and reads the whole response.
 pub fn request(
     method: &str,

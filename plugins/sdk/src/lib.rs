@@ -128,6 +128,23 @@ pub fn warn(message: &str) {
     log::log(log::Level::Warn, message);
 }
 
+/// A text setting from the plugin's state (`drhost state set SCENARIO KEY
+/// VALUE`), or `default` when unset.
+pub fn setting(key: &str, default: &str) -> String {
+    state::get(key)
+        .and_then(|v| String::from_utf8(v).ok())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// A setting holding space-separated words, e.g. arguments for `exec.run`;
+/// empty when unset.
+pub fn setting_words(key: &str) -> Vec<String> {
+    setting(key, "")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Lists every key under `prefix` of an alias, following pagination.
 pub fn list_all(alias: &str, prefix: &str) -> Result<Vec<s3::ObjectInfo>, types::Error> {
     let mut out = Vec::new();

@@ -285,9 +285,11 @@ fn preserve(context: &[Finding]) -> StepResult {
     for key in all_values(context, "log-object") {
         let dst = format!("{case}logs/{key}");
         // Evidence is write-once: a second run of the same case finds it there.
-        if s3::head(EVIDENCE, &dst).during(format!("looking for {dst}"))?.is_none() {
-            s3::copy(LOGS, key, EVIDENCE, &dst)
-                .during(format!("copying {key} to the evidence"))?;
+        if s3::head(EVIDENCE, &dst)
+            .during(format!("looking for {dst}"))?
+            .is_none()
+        {
+            s3::copy(LOGS, key, EVIDENCE, &dst).during(format!("copying {key} to the evidence"))?;
         }
         let original = s3::checksum(LOGS, key).during(format!("checksum of {key}"))?;
         let copy = s3::checksum(EVIDENCE, &dst).during(format!("checksum of {dst}"))?;
@@ -311,7 +313,10 @@ fn preserve(context: &[Finding]) -> StepResult {
         }
     }
     let dst = format!("{case}auth_events.csv");
-    if s3::head(EVIDENCE, &dst).during(format!("looking for {dst}"))?.is_none() {
+    if s3::head(EVIDENCE, &dst)
+        .during(format!("looking for {dst}"))?
+        .is_none()
+    {
         s3::put(EVIDENCE, &dst, rows.as_bytes()).during("writing the suspicious rows")?;
     } else if s3::get(EVIDENCE, &dst).during(format!("reading {dst}"))? != rows.as_bytes() {
         return Err(format!("{dst} is already in the evidence with different content").into());
