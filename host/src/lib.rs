@@ -18,6 +18,7 @@ pub mod quickstart;
 pub mod report;
 pub mod runtime;
 pub mod scaffold;
+pub mod serve;
 
 /// The wasmtime version drhost is built with (recorded in every audit log).
 pub const WASMTIME_VERSION: &str = "48.0.8";

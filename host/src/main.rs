@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod cli_backup;
+mod cli_serve;
 
 #[derive(Parser)]
 #[command(
@@ -132,6 +133,36 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         command: cli_backup::BackupCommand,
+    },
+    /// Run the schedules in drhost.toml: backups, verification, prune,
+    /// restore tests, drills; serve /health and /metrics; send alerts.
+    Serve {
+        /// The configuration file; default: $DRHOST_CONFIG, else ./drhost.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address for /health and /metrics (overrides [serve] listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Print each schedule's next times and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// The plan's Disaster Recovery Metrics, target against actual, from the
+    /// state store. Exits 3 when a measured metric misses its target.
+    Report {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The window: 30d, 12h, …
+        #[arg(long, default_value = "30d")]
+        since: String,
+        #[arg(long, conflicts_with = "html")]
+        json: bool,
+        /// HTML with charts.
+        #[arg(long)]
+        html: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Prepare the quickstart: two local buckets with a damaged primary (DIR),
     /// or a sample SQLite database (--sample-db) and its disaster (--damage-db).
@@ -542,6 +573,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let config = config.unwrap_or_else(cli_backup::default_config);
             cli_backup::run(command, &config, state_dir, json).await
+        }
+        Command::Serve {
+            config,
+            listen,
+            list,
+        } => {
+            let config = config.unwrap_or_else(cli_backup::default_config);
+            cli_serve::serve(&config, state_dir, listen, list).await
+        }
+        Command::Report {
+            config,
+            since,
+            json,
+            html,
+            out,
+        } => {
+            let config = config.unwrap_or_else(cli_backup::default_config);
+            cli_serve::report(&config, state_dir, &since, json, html, out).await
         }
         Command::Quickstart {
             dir,

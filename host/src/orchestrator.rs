@@ -80,6 +80,8 @@ pub struct StepResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct ComponentResult {
     pub name: String,
+    /// database, application, storage, … (as the scenario declares it).
+    pub kind: String,
     pub rto_s: u32,
     pub rpo_s: u32,
     /// healthy, recovered, failed; in a drill also undetected
@@ -559,6 +561,7 @@ fn measure(
         };
         out.push(ComponentResult {
             name: c.name.clone(),
+            kind: kind_name(c.kind).into(),
             rto_s: c.rto_seconds,
             rpo_s: c.rpo_seconds,
             status: status.into(),

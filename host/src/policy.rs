@@ -345,6 +345,7 @@ impl DurationText {
             "s" | "" => std::time::Duration::from_secs(n),
             "m" | "min" => std::time::Duration::from_secs(n * 60),
             "h" => std::time::Duration::from_secs(n * 3600),
+            "d" => std::time::Duration::from_secs(n * 86_400),
             other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
         };
         Ok(DurationText(d))

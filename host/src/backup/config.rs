@@ -38,6 +38,18 @@ pub struct Config {
     /// twice as fast as zstd's own default 3, and smaller (docs/benchmarks.md).
     #[serde(default = "default_level")]
     pub zstd_level: i32,
+    /// The state store of `drhost serve` and `drhost report`:
+    /// `sqlite:path/state.db` (the default, under the state directory) or
+    /// `postgres://…` (several hosts sharing the schedules); `env:NAME` allowed.
+    pub state: Option<Secret>,
+    #[serde(default)]
+    pub serve: crate::serve::config::Serve,
+    #[serde(default)]
+    pub schedule: BTreeMap<String, crate::serve::config::Schedule>,
+    #[serde(default)]
+    pub alerts: crate::serve::config::Alerts,
+    #[serde(default)]
+    pub objectives: crate::serve::config::Objectives,
     /// Where relative paths resolve; the file's directory.
     #[serde(skip)]
     pub base: PathBuf,
@@ -211,7 +223,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         match self.encryption {
-            Encryption::Age if self.keys.recipients.is_empty() => {
+            Encryption::Age
+                if self.keys.recipients.is_empty()
+                    && !(self.sources.is_empty() && self.targets.is_empty()) =>
+            {
                 return Err("backups are encrypted with age by default, and [keys] recipients is empty: \
                      add a recipient (age1…, see `drhost backup keygen`), or write encryption = \"none\" \
                      to store plaintext backups on purpose"
@@ -292,7 +307,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        crate::serve::config::validate(self)
     }
 
     pub fn source(&self, name: &str) -> Result<&Source, String> {
