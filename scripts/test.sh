@@ -63,7 +63,7 @@ fi
 for d in $(mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'drhost\\_bk\\_%'"); do
     mariadb -h 127.0.0.1 -u root -e "DROP DATABASE \`$d\`"
 done
-for d in $(psql -h 127.0.0.1 -U postgres -d test -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'drhost\\_bk\\_%'"); do
+for d in $(psql -h 127.0.0.1 -U postgres -d test -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'drhost\\_bk\\_%' OR datname LIKE 'drhost\\_st\\_%'"); do
     psql -h 127.0.0.1 -U postgres -d test -q -c "DROP DATABASE \"$d\" WITH (FORCE)"
 done
 

@@ -1063,3 +1063,78 @@ async fn sigterm_lets_a_running_job_finish_before_serve_exits() {
     assert_eq!(jobs[0].status, "succeeded");
     assert!(jobs[0].detail.contains("finished"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_drill_records_its_plugin_run_and_recovery_times() {
+    let db = Db::sqlite();
+    let s = Setup::new();
+    let drill = s.path("storage");
+    std::fs::create_dir_all(&drill).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    std::fs::copy(
+        example.join("storage-failover.drill.policy.toml"),
+        drill.join("drill.policy.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        drill.join("drill.toml"),
+        format!(
+            "plugin = {}\npolicy = \"drill.policy.toml\"\n",
+            toml_str(
+                &common::plugin_path("storage-failover")
+                    .display()
+                    .to_string()
+            )
+        ),
+    )
+    .unwrap();
+    let tables = "[schedule.quarterly-drill]\ncron = \"0 10 1 1,4,7,10 *\"\njob = \"drill\"\n\
+        scenario = \"storage/drill.toml\"\nalert-if-not-run-within = \"92d\"\n";
+    let clock = Arc::new(ManualClock::new(utc("2026-12-31T12:00:00Z")));
+    let d = s
+        .daemon(s.config(&db, "", tables), db.store().await, &clock, "h")
+        .await;
+    d.tick().await.unwrap();
+    clock.set(utc("2027-01-01T10:00:00Z"));
+    assert_eq!(
+        d.tick().await.unwrap().started,
+        ["quarterly-drill@2027-01-01T10:00:00Z"]
+    );
+    d.scheduler.wait_idle().await;
+    let j = d
+        .store
+        .job("quarterly-drill@2027-01-01T10:00:00Z")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.status, "succeeded", "{}", j.detail);
+    let runs = d.store.plugin_runs_since(0).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        (runs[0].scenario.as_str(), runs[0].denied),
+        ("storage-failover", 0)
+    );
+    assert!(
+        Path::new(&runs[0].audit_log).is_file(),
+        "the run's audit log is kept"
+    );
+    let rec = d.store.recoveries_since(0).await.unwrap();
+    assert!(
+        !rec.is_empty() && rec.iter().all(|r| r.test == "drill" && r.ok),
+        "{rec:?}"
+    );
+    assert!(rec.iter().any(|r| r.component_kind == "storage"), "{rec:?}");
+    let snap = d.snapshot().await.unwrap();
+    assert_eq!((snap.tests_succeeded, snap.tests_due), (1, 1));
+    // The test window is 92 days: no alert now, one 93 days on.
+    assert!(d.check_alerts().await.unwrap().is_empty());
+    clock.set(utc("2027-04-03T12:00:00Z"));
+    let late: Vec<String> = d
+        .check_alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.condition)
+        .collect();
+    assert_eq!(late, ["test-not-run:quarterly-drill"]);
+}
