@@ -1138,3 +1138,55 @@ async fn a_scheduled_drill_records_its_plugin_run_and_recovery_times() {
         .collect();
     assert_eq!(late, ["test-not-run:quarterly-drill"]);
 }
+
+#[test]
+fn the_kubernetes_example_holds_a_valid_configuration() {
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/deploy/kubernetes/serve.yaml"),
+    )
+    .unwrap();
+    let start = yaml.find("drhost.toml: |\n").unwrap() + "drhost.toml: |\n".len();
+    let toml: String = yaml[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let c = Config::parse(&toml, Path::new(".")).unwrap();
+    assert_eq!(c.schedule["incremental"].cron, "*/15 * * * *");
+    assert_eq!(c.schedule.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_backups_and_verifications_are_recorded_when_a_state_store_is_set() {
+    let db = Db::sqlite();
+    let s = Setup::new();
+    sqlite_app(&s);
+    s.config(
+        &db,
+        "",
+        "[sources.app]\nkind = \"sqlite\"\npath = \"app.db\"\n[targets.primary]\npath = \"primary\"\n",
+    );
+    for args in [&["create", "app"][..], &["verify", "latest"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_drhost"))
+            .arg("backup")
+            .arg("--config")
+            .arg(s.path("drhost.toml"))
+            .args(args)
+            .env("DRHOST_STATE_DIR", s.path("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let store = db.store().await;
+    let b = store.backups_since(0).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert!(b[0].ok && b[0].job_id.starts_with("manual:"), "{b:?}");
+    let v = store.verifications_since(0).await.unwrap();
+    assert_eq!(v.len(), 1);
+    assert!(v[0].ok && v[0].backup_id == *b[0].backup_id.as_ref().unwrap());
+    assert_eq!(store.newest_verified("app").await.unwrap(), b[0].covers_ms);
+}

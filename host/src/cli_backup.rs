@@ -101,6 +101,47 @@ fn print_json<T: serde::Serialize>(v: &T) {
     }
 }
 
+/// With `state` set in drhost.toml, manual backups and verifications are
+/// recorded like scheduled ones: they count in /metrics and `drhost report`.
+async fn state_store(backups: &Backups) -> Option<drhost::serve::store::StateStore> {
+    backups.config.state.as_ref()?;
+    match drhost::serve::store::StateStore::for_config(&backups.config, &backups.state_dir).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("not recorded in the state store: {e}");
+            None
+        }
+    }
+}
+
+fn manual_job_id() -> String {
+    format!("manual:{}", drhost::clock::new_run_id())
+}
+
+async fn record_verification(
+    backups: &Backups,
+    store: &drhost::serve::store::StateStore,
+    source: &str,
+    reports: &[backup::VerifyReport],
+) {
+    let listed = backups.list(Some(source)).await.unwrap_or_default();
+    let job = manual_job_id();
+    for r in reports {
+        let covers = listed
+            .iter()
+            .find(|(_, m)| m.id == r.id)
+            .and_then(|(_, m)| chrono::DateTime::parse_from_rfc3339(&m.covers.until).ok())
+            .map(|t| t.timestamp_millis());
+        for row in
+            drhost::serve::jobs::verification_rows(&job, source, covers, std::slice::from_ref(r))
+        {
+            if let Err(e) = store.record_verification(&row).await {
+                tracing::warn!("recording the verification in the state store: {e}");
+            }
+        }
+    }
+}
+
 fn code_of(e: &BackupError) -> i32 {
     match e {
         BackupError::Config(_) => 2,
@@ -143,7 +184,30 @@ pub async fn run(
                 Ok(k) => k,
                 Err(e) => return Ok(usage(e)),
             };
-            match backups.create(&source, kind).await {
+            let clock = std::time::Instant::now();
+            let result = backups.create(&source, kind).await;
+            if let Some(store) = state_store(&backups).await {
+                let error = result
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let outcome = match &result {
+                    Ok(r) => Ok(r),
+                    Err(_) => Err(error.as_str()),
+                };
+                let row = drhost::serve::jobs::backup_row(
+                    &manual_job_id(),
+                    &source,
+                    kind,
+                    outcome,
+                    clock.elapsed().as_secs_f64(),
+                );
+                if let Err(e) = store.record_backup(&row).await {
+                    tracing::warn!("recording the backup in the state store: {e}");
+                }
+            }
+            match result {
                 Ok(report) => {
                     if json {
                         print_json(&report);
@@ -227,6 +291,9 @@ pub async fn run(
                     return Ok(code_of(&e));
                 }
             };
+            if let Some(store) = state_store(&backups).await {
+                record_verification(&backups, &store, &source, &reports).await;
+            }
             let mut ok = reports.iter().all(|r| r.passed());
             let same = (all_targets || reports.len() > 1).then(|| backup::identical(&reports));
             if let Some(Err(_)) = &same {

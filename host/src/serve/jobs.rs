@@ -8,9 +8,9 @@
 
 use super::config::{JobKind, Schedule};
 use super::store::{BackupRow, PluginRunRow, RecoveryRow, StateError, StateStore, VerificationRow};
-use crate::backup::Backups;
 use crate::backup::config::{Config, SourceKind};
 use crate::backup::manifest::Kind;
+use crate::backup::{Backups, CreateReport, VerifyReport};
 use crate::runtime::Runtime;
 use chrono::{DateTime, Utc};
 use rand::seq::SliceRandom;
@@ -127,48 +127,23 @@ impl Executor {
             Ok(b) => b.create(&source, kind).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
-        let now = ms(Utc::now());
-        let mut row = BackupRow {
-            job_id: job.id.clone(),
-            source: source.clone(),
-            kind: kind.to_string(),
-            backup_id: None,
-            ok: false,
-            bytes: 0,
-            seconds: clock.elapsed().as_secs_f64(),
-            covers_ms: None,
-            finished_ms: now,
-            error: String::new(),
-        };
-        let outcome = match result {
-            Ok(report) => {
-                row.backup_id = Some(report.manifest.id.clone());
-                row.bytes = i64::try_from(report.manifest.ciphertext.size).unwrap_or(i64::MAX);
-                row.seconds = report.seconds;
-                row.covers_ms = rfc3339_ms(&report.manifest.covers.until);
-                let failed: Vec<String> = report
-                    .targets
-                    .iter()
-                    .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target)))
-                    .collect();
-                row.ok = failed.is_empty();
-                row.error = failed.join("; ");
-                if row.ok {
-                    Outcome::ok(format!(
-                        "backup {} of {source}: {} bytes in {:.1} s",
-                        report.manifest.id, row.bytes, row.seconds
-                    ))
-                } else {
-                    Outcome::failed(format!(
-                        "backup {} of {source} incomplete on: {}",
-                        report.manifest.id, row.error
-                    ))
-                }
-            }
-            Err(e) => {
-                row.error = e.clone();
-                Outcome::failed(format!("backup of {source}: {e}"))
-            }
+        let row = backup_row(
+            &job.id,
+            &source,
+            kind,
+            result.as_ref().map_err(String::as_str),
+            clock.elapsed().as_secs_f64(),
+        );
+        let outcome = match (&result, row.ok) {
+            (Ok(report), true) => Outcome::ok(format!(
+                "backup {} of {source}: {} bytes in {:.1} s",
+                report.manifest.id, row.bytes, row.seconds
+            )),
+            (Ok(report), false) => Outcome::failed(format!(
+                "backup {} of {source} incomplete on: {}",
+                report.manifest.id, row.error
+            )),
+            (Err(e), _) => Outcome::failed(format!("backup of {source}: {e}")),
         };
         self.store.record_backup(&row).await?;
         Ok(outcome)
@@ -210,29 +185,12 @@ impl Executor {
                 .iter()
                 .find(|(_, m)| &m.id == id)
                 .and_then(|(_, m)| rfc3339_ms(&m.covers.until));
-            for r in reports {
+            for row in verification_rows(&job.id, &source, covers, &reports) {
                 checked += 1;
-                let failed: Vec<String> = r
-                    .checks
-                    .iter()
-                    .filter(|c| c.status == crate::backup::Status::Fail)
-                    .map(|c| format!("{}: {}", c.name, c.detail))
-                    .collect();
-                if !r.passed() {
-                    failures.push(format!("{id} on {}: {}", r.target, failed.join("; ")));
+                if !row.ok {
+                    failures.push(format!("{id} on {}: {}", row.target, row.failed));
                 }
-                self.store
-                    .record_verification(&VerificationRow {
-                        job_id: job.id.clone(),
-                        source: source.clone(),
-                        backup_id: id.clone(),
-                        target: r.target.clone(),
-                        ok: r.passed(),
-                        covers_ms: covers,
-                        failed: failed.join("; "),
-                        finished_ms: ms(Utc::now()),
-                    })
-                    .await?;
+                self.store.record_verification(&row).await?;
             }
         }
         Ok(if failures.is_empty() {
@@ -424,4 +382,72 @@ async fn command(job: &JobContext) -> Outcome {
     } else {
         Outcome::failed(format!("{program}: {}: {}", out.status, tail(&out.stderr)))
     }
+}
+
+/// The record of a backup attempt (`result`: the report, or why it failed).
+pub fn backup_row(
+    job_id: &str,
+    source: &str,
+    kind: Kind,
+    result: Result<&CreateReport, &str>,
+    elapsed_s: f64,
+) -> BackupRow {
+    let mut row = BackupRow {
+        job_id: job_id.into(),
+        source: source.into(),
+        kind: kind.to_string(),
+        backup_id: None,
+        ok: false,
+        bytes: 0,
+        seconds: elapsed_s,
+        covers_ms: None,
+        finished_ms: ms(Utc::now()),
+        error: String::new(),
+    };
+    match result {
+        Ok(report) => {
+            row.backup_id = Some(report.manifest.id.clone());
+            row.bytes = i64::try_from(report.manifest.ciphertext.size).unwrap_or(i64::MAX);
+            row.seconds = report.seconds;
+            row.covers_ms = rfc3339_ms(&report.manifest.covers.until);
+            let failed: Vec<String> = report
+                .targets
+                .iter()
+                .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.target)))
+                .collect();
+            row.ok = failed.is_empty();
+            row.error = failed.join("; ");
+        }
+        Err(e) => row.error = e.into(),
+    }
+    row
+}
+
+/// The records of one backup's checklists, one per target. `covers_ms` is
+/// the backup's recovery point.
+pub fn verification_rows(
+    job_id: &str,
+    source: &str,
+    covers_ms: Option<i64>,
+    reports: &[VerifyReport],
+) -> Vec<VerificationRow> {
+    reports
+        .iter()
+        .map(|r| VerificationRow {
+            job_id: job_id.into(),
+            source: source.into(),
+            backup_id: r.id.clone(),
+            target: r.target.clone(),
+            ok: r.passed(),
+            covers_ms,
+            failed: r
+                .checks
+                .iter()
+                .filter(|c| c.status == crate::backup::Status::Fail)
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .collect::<Vec<_>>()
+                .join("; "),
+            finished_ms: ms(Utc::now()),
+        })
+        .collect()
 }

@@ -294,7 +294,38 @@ impl Mariadb {
             .arg(format!("--database={db}"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        tokio::task::spawn_blocking(move || {
+        // MariaDB 10.11 keeps a replaying session's thread for reuse with the
+        // logs' clock stuck in it: later connections that get that thread
+        // see NOW() from the logs (reproduced: docs/backup-format.md). With
+        // the thread cache off while we replay, the thread ends with its session.
+        static REPLAYS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = REPLAYS.lock().await;
+        let mut admin = self.connect().await?;
+        let cache: Option<i64> =
+            match sqlx::query_scalar::<_, i64>("SELECT CAST(@@GLOBAL.thread_cache_size AS SIGNED)")
+                .fetch_one(&mut admin)
+                .await
+            {
+                Ok(n) => match sqlx::raw_sql("SET GLOBAL thread_cache_size = 0")
+                    .execute(&mut admin)
+                    .await
+                {
+                    Ok(_) => Some(n),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot turn the thread cache off for the replay ({e}): after it, new \
+                         connections may see the binary logs' time in NOW() until \
+                         `SET GLOBAL thread_cache_size = 0` and back"
+                        );
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("reading thread_cache_size: {e}");
+                    None
+                }
+            };
+        let replayed = tokio::task::spawn_blocking(move || {
             let mut reader = binlog.spawn().map_err(io_err("starting mariadb-binlog"))?;
             let read_errors = drain_stderr(reader.stderr.take());
             let events = reader.stdout.take().ok_or_else(|| EngineError::Tool {
@@ -312,7 +343,17 @@ impl Mariadb {
             applied.map(|_| ())
         })
         .await
-        .map_err(|e| EngineError::Db(format!("replay task: {e}")))?
+        .map_err(|e| EngineError::Db(format!("replay task: {e}")));
+        if let Some(n) = cache
+            && let Err(e) =
+                sqlx::raw_sql(AssertSqlSafe(format!("SET GLOBAL thread_cache_size = {n}")))
+                    .execute(&mut admin)
+                    .await
+        {
+            tracing::warn!("restoring thread_cache_size = {n}: {e}");
+        }
+        let _ = admin.close().await;
+        replayed?
     }
 
     pub async fn load(&self, purpose: Purpose) -> Result<Load, EngineError> {
