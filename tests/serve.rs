@@ -1189,4 +1189,53 @@ async fn manual_backups_and_verifications_are_recorded_when_a_state_store_is_set
     assert_eq!(v.len(), 1);
     assert!(v[0].ok && v[0].backup_id == *b[0].backup_id.as_ref().unwrap());
     assert_eq!(store.newest_verified("app").await.unwrap(), b[0].covers_ms);
+
+    // `drhost report` reads the same store.
+    let report = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_drhost"))
+            .arg("report")
+            .arg("--config")
+            .arg(s.path("drhost.toml"))
+            .args(args)
+            .env("DRHOST_STATE_DIR", s.path("state"))
+            .output()
+            .unwrap()
+    };
+    let out = report(&["--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "the plan's six metrics");
+    assert_eq!(rows[0]["metric"], "Backup Success Rate");
+    assert_eq!(rows[0]["actual"], "100.00%");
+    assert_eq!(
+        rows[1]["basis"],
+        "1 of 1 verifications (10-point checklist) passed"
+    );
+    let out = report(&["--html", "--out", s.path("report.html").to_str().unwrap()]);
+    assert!(out.status.success());
+    let html = std::fs::read_to_string(s.path("report.html")).unwrap();
+    assert!(html.contains("<h1>Disaster Recovery Metrics</h1>"));
+    // A failed backup makes the success rate miss its target: exit 3.
+    std::fs::remove_file(s.path("app.db")).unwrap();
+    let failed = Command::new(env!("CARGO_BIN_EXE_drhost"))
+        .args(["backup", "--config"])
+        .arg(s.path("drhost.toml"))
+        .args(["create", "app"])
+        .env("DRHOST_STATE_DIR", s.path("state"))
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    let out = report(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        md.contains("| Backup Success Rate | 99.9% | 50.00% | **NO** | 1 of 2 backups succeeded |"),
+        "{md}"
+    );
 }
