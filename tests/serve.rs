@@ -1239,3 +1239,173 @@ async fn manual_backups_and_verifications_are_recorded_when_a_state_store_is_set
         "{md}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drhost_run_will_not_recover_a_component_another_host_is_recovering() {
+    let db = Db::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("drhost.toml"),
+        format!("state = \"{}\"\nencryption = \"none\"\n", db.url),
+    )
+    .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_drhost"))
+            .arg("run")
+            .arg(common::plugin_path("hello"))
+            .arg("--config")
+            .arg(dir.path().join("drhost.toml"))
+            .env("DRHOST_STATE_DIR", dir.path().join("state"))
+            .output()
+            .unwrap()
+    };
+    // Another host holds the hello scenario's component, "nothing".
+    let other = db.store().await;
+    let held = other.try_lock("component:nothing").await.unwrap().unwrap();
+    let out = run();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("another recovery holds the lock on component:nothing"),
+        "{err}"
+    );
+    held.release().await;
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the run let go of it.
+    let again = other.try_lock("component:nothing").await.unwrap();
+    assert!(again.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_still_running_after_the_shutdown_grace_is_interrupted_and_run_again() {
+    let db = Db::sqlite();
+    let s = Setup::new();
+    let gate = s.path("gate");
+    let script = format!(
+        "touch {g}.started; while [ ! -e {g} ]; do sleep 0.02; done; echo \"attempt $DRHOST_ATTEMPT\"",
+        g = gate.display()
+    );
+    let tables = command_schedule("job", "0 * * * *", &script, "");
+    let top = "[serve]\nshutdown-grace = \"200ms\"\nlisten = \"127.0.0.1:0\"\n";
+    let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:59:00Z")));
+    let store = db.store().await;
+    let d = s
+        .daemon(s.config(&db, top, &tables), store.clone(), &clock, "first")
+        .await;
+    d.tick().await.unwrap();
+    clock.set(utc("2026-11-27T10:00:00Z"));
+    let started = s.path("gate.started");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stopped = drhost::serve::run(d.clone(), listener, async {
+        until("the job to start", 30, || {
+            let started = started.clone();
+            async move { started.exists() }
+        })
+        .await;
+    })
+    .await;
+    assert_eq!(stopped.interrupted, ["job@2026-11-27T10:00:00Z"]);
+    let j = store
+        .job("job@2026-11-27T10:00:00Z")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.status, "interrupted", "{}", j.detail);
+    // Its lease is expired at once: the next host to look runs it again.
+    let row = store.schedule("job").await.unwrap();
+    assert_eq!(row.lease_until_ms, Some(0));
+    std::fs::write(&gate, "").unwrap();
+    let next = s
+        .daemon(s.config(&db, top, &tables), store.clone(), &clock, "second")
+        .await;
+    assert_eq!(
+        next.tick().await.unwrap().taken_over,
+        ["job@2026-11-27T10:00:00Z"]
+    );
+    next.scheduler.wait_idle().await;
+    let j = store
+        .job("job@2026-11-27T10:00:00Z")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((j.status.as_str(), j.attempts), ("succeeded", 2));
+    assert!(j.detail.contains("attempt 2"), "{}", j.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_backup_fails_its_verification_and_raises_an_alert() {
+    let db = Db::sqlite();
+    let s = Setup::new();
+    sqlite_app(&s);
+    let (url, got) = webhook_sink().await;
+    let top = format!("[alerts]\nwebhooks = [\"{url}\"]\n");
+    let tables = "[sources.app]\nkind = \"sqlite\"\npath = \"app.db\"\n\
+        [targets.primary]\npath = \"primary\"\n\
+        [schedule.backup]\ncron = \"0 * * * *\"\njob = \"backup\"\nsource = \"app\"\n\
+        [schedule.verify]\ncron = \"30 * * * *\"\njob = \"verify\"\nsource = \"app\"\n";
+    let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:59:00Z")));
+    let d = s
+        .daemon(s.config(&db, &top, tables), db.store().await, &clock, "h")
+        .await;
+    d.tick().await.unwrap();
+    clock.set(utc("2026-11-27T10:00:00Z"));
+    d.tick().await.unwrap();
+    d.scheduler.wait_idle().await;
+    // Flip one byte of the stored object (bit rot, or tampering).
+    let object = walk(&s.path("primary"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".age"))
+        .expect("the backup's object");
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    clock.set(utc("2026-11-27T10:30:00Z"));
+    d.tick().await.unwrap();
+    d.scheduler.wait_idle().await;
+    let j = d
+        .store
+        .job("verify@2026-11-27T10:30:00Z")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.status, "failed");
+    assert!(j.detail.contains("downloadable"), "{}", j.detail);
+    let sent: Vec<String> = d
+        .check_alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.condition)
+        .collect();
+    // No backup has passed a verification for 31 minutes: the recovery
+    // point (15 min target) is exceeded too.
+    assert_eq!(sent, ["verification-failed:app", "rpo-exceeded:app"]);
+    let got = got.lock().unwrap().clone();
+    let failed = got
+        .iter()
+        .find(|n| n["condition"] == "verification-failed:app")
+        .unwrap();
+    assert!(
+        failed["message"].as_str().unwrap().contains("downloadable"),
+        "{failed}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

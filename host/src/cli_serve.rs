@@ -137,3 +137,33 @@ pub async fn report(
     }
     Ok(if report.all_met() { 0 } else { 3 })
 }
+
+/// When drhost.toml exists and names a state store: locks on the plugin's
+/// components for the length of a recovery. `Ok(None)`: no state store, no
+/// locks (one host). An error when another recovery holds one.
+pub async fn recovery_locks(
+    config_path: &Path,
+    state_dir: &Path,
+    runtime: &drhost::runtime::Runtime,
+    plugin: &Path,
+) -> anyhow::Result<Option<Vec<serve::store::RecoveryLock>>> {
+    if !config_path.exists() {
+        return Ok(None);
+    }
+    let config = load(config_path)?;
+    if config.state.is_none() {
+        return Ok(None);
+    }
+    let store = serve::store::StateStore::for_config(&config, state_dir).await?;
+    let names = serve::scenario_components(runtime, plugin)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let keys: Vec<String> = names.iter().map(|n| format!("component:{n}")).collect();
+    match serve::lock_all(&store, &keys).await? {
+        Ok(locks) => Ok(Some(locks)),
+        Err(held) => anyhow::bail!(
+            "another recovery holds the lock on {held} (state store {}); not recovering it twice at once",
+            store.describe()
+        ),
+    }
+}

@@ -277,11 +277,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     return Ok(exit::USAGE);
                 }
             };
+            let config_path = config.unwrap_or_else(cli_backup::default_config);
+            let runtime = Runtime::new(Some(state_dir.join("cache")))?;
+            // With a state store shared by several hosts, a recovery locks its
+            // components: two hosts never fail over the same database at once.
+            let locks = if plan {
+                None
+            } else {
+                match cli_serve::recovery_locks(&config_path, &state_dir, &runtime, &plugin).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return Ok(exit::USAGE);
+                    }
+                }
+            };
             // The backup engine is opened only for plugins granted backups.
             let backups = if policy.backup.is_empty() {
                 None
             } else {
-                let path = config.unwrap_or_else(cli_backup::default_config);
+                let path = config_path;
                 let opened = match drhost::backup::config::Config::load(&path) {
                     Ok(c) => drhost::backup::Backups::open(c, state_dir.clone())
                         .await
@@ -296,7 +311,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     }
                 }
             };
-            let runtime = Runtime::new(Some(state_dir.join("cache")))?;
             let opts = RunOptions {
                 policy,
                 out_dir: out,
@@ -306,7 +320,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 backups,
                 drill: false,
             };
-            match orchestrator::run(&runtime, &plugin, opts).await {
+            let result = orchestrator::run(&runtime, &plugin, opts).await;
+            if let Some(l) = locks {
+                drhost::serve::release_all(l).await;
+            }
+            match result {
                 Ok(report) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -288,20 +288,24 @@ impl Executor {
             Ok(r) => r.clone(),
             Err(e) => return Ok(Outcome::failed(e)),
         };
-        // Two hosts never run the recovery of the same scenario at once.
-        let Some(lock) = self
-            .store
-            .try_lock(&format!("scenario:{}", example.name))
-            .await?
-        else {
-            return Ok(Outcome::failed(format!(
-                "another host is recovering {} right now; not drilling it at the same time",
-                example.name
-            )));
+        // Two recoveries never touch the same component at once, on any host.
+        let mut keys = vec![format!("scenario:{}", example.name)];
+        match super::scenario_components(&runtime, &example.plugin).await {
+            Ok(names) => keys.extend(names.into_iter().map(|n| format!("component:{n}"))),
+            Err(e) => return Ok(Outcome::failed(format!("drill {}: {e}", example.name))),
+        }
+        let locks = match super::lock_all(&self.store, &keys).await? {
+            Ok(l) => l,
+            Err(held) => {
+                return Ok(Outcome::failed(format!(
+                    "another recovery holds {held}; not drilling {} at the same time",
+                    example.name
+                )));
+            }
         };
         let out = self.state_dir.join("runs");
         let result = example.drill(&runtime, &out, &self.state_dir).await;
-        lock.release().await;
+        super::release_all(locks).await;
         let now = ms(Utc::now());
         let report = match result {
             Ok(r) => r,

@@ -151,6 +151,57 @@ impl Daemon {
     }
 }
 
+/// The components a scenario declares (its `info`), to lock them before a
+/// recovery. The plugin runs with no grants for this.
+pub async fn scenario_components(
+    runtime: &crate::runtime::Runtime,
+    plugin: &std::path::Path,
+) -> Result<Vec<String>, String> {
+    let loaded = runtime.load(plugin).map_err(|e| e.to_string())?;
+    let policy = Arc::new(crate::policy::Policy::deny_all());
+    let caps = crate::orchestrator::build_caps(
+        &policy,
+        None,
+        crate::caps::state::StateCap::ephemeral(0),
+        false,
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let info = runtime
+        .info(&loaded, &Arc::new(caps))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(info.components.into_iter().map(|c| c.name).collect())
+}
+
+/// Locks every key, or none: `Err(key)` names the one another recovery holds.
+pub async fn lock_all(
+    store: &StateStore,
+    keys: &[String],
+) -> Result<Result<Vec<store::RecoveryLock>, String>, StateError> {
+    let mut held = Vec::new();
+    for key in keys {
+        match store.try_lock(key).await? {
+            Some(lock) => held.push(lock),
+            None => {
+                for l in held {
+                    l.release().await;
+                }
+                return Ok(Err(key.clone()));
+            }
+        }
+    }
+    Ok(Ok(held))
+}
+
+/// Releases locks taken with [`lock_all`].
+pub async fn release_all(locks: Vec<store::RecoveryLock>) {
+    for l in locks {
+        l.release().await;
+    }
+}
+
 /// How the main loop ended.
 #[derive(Debug, Default)]
 pub struct Stopped {
