@@ -29,7 +29,7 @@ fresh_pg() {
 }
 count() { # count STATE_URL: succeeded jobs
     case $1 in
-        sqlite:*) sqlite3 "${1#sqlite:}" "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'" ;;
+        sqlite:*) sqlite3 -cmd ".timeout 10000" "${1#sqlite:}" "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'" ;;
         *) psql "$1" -At -c "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'" ;;
     esac
 }
@@ -118,7 +118,7 @@ cron = "* * * * * *"
 job = "command"
 command = ["sh", "-c", "if [ \"\$DRHOST_ATTEMPT\" = 1 ]; then exec sleep 600; fi"]
 TOML
-start() { setsid env DRHOST_STATE_DIR="$work/takeover/$1" "$drhost" serve --config "$work/takeover/drhost.toml" 2>"$work/takeover/$1.log" & echo $!; }
+start() { setsid env DRHOST_STATE_DIR="$work/takeover/$1" "$drhost" serve --config "$work/takeover/drhost.toml" >/dev/null 2>"$work/takeover/$1.log" & echo $!; }
 a=$(start a)
 until [ "$(psql "$url" -At -c "SELECT COUNT(*) FROM schedules WHERE running_due_ms IS NOT NULL" 2>/dev/null)" = 1 ]; do sleep 0.1; done
 b=$(start b)

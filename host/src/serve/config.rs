@@ -205,21 +205,28 @@ impl Timetable {
 
     /// The first occurrence strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = self.tz.from_utc_datetime(&t.naive_utc());
+        let local = self.tz.from_utc_datetime(&whole_second(t).naive_utc());
         self.cron
             .find_next_occurrence(&local, false)
             .ok()
-            .map(|d| d.with_timezone(&Utc))
+            .map(|d| whole_second(d.with_timezone(&Utc)))
     }
 
     /// The last occurrence at or before `t`.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = self.tz.from_utc_datetime(&t.naive_utc());
+        let local = self.tz.from_utc_datetime(&whole_second(t).naive_utc());
         self.cron
             .find_previous_occurrence(&local, true)
             .ok()
-            .map(|d| d.with_timezone(&Utc))
+            .map(|d| whole_second(d.with_timezone(&Utc)))
     }
+}
+
+/// Occurrences are whole seconds (croner keeps the start's fraction with a
+/// seconds field; an occurrence's identity must not depend on when we looked).
+fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Timelike;
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
 /// Checks the serve sections against the rest of the configuration.
@@ -355,6 +362,14 @@ mod tests {
         );
         assert!(Timetable::new("0 2 * * *", "Mars/Base").is_err());
         assert!(Timetable::new("61 * * * *", "UTC").is_err());
+    }
+
+    #[test]
+    fn occurrences_are_whole_seconds_whenever_they_are_looked_for() {
+        let t = Timetable::new("* * * * * *", "UTC").unwrap();
+        let at = utc("2026-11-27T10:07:10.695Z");
+        assert_eq!(t.latest_at_or_before(at), Some(utc("2026-11-27T10:07:10Z")));
+        assert_eq!(t.next_after(at), Some(utc("2026-11-27T10:07:11Z")));
     }
 
     #[test]

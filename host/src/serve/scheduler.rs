@@ -176,139 +176,166 @@ impl Scheduler {
     pub async fn tick(&self) -> Result<Tick, StateError> {
         self.reap();
         let now = self.clock.now();
+        // Schedules are independent: their claims go to the store side by
+        // side (a few round trips each; the pool bounds how many at once).
+        let mut pending = Vec::with_capacity(self.config.schedule.len());
+        for (name, schedule) in &self.config.schedule {
+            pending.push(self.tick_one(name, schedule, now));
+        }
+        let results = futures::future::join_all(pending).await;
+        let mut tick = Tick::default();
+        for r in results {
+            let t = r?;
+            tick.started.extend(t.started);
+            tick.missed.extend(t.missed);
+            tick.taken_over.extend(t.taken_over);
+            tick.abandoned.extend(t.abandoned);
+        }
+        tick.started.sort();
+        tick.missed.sort();
+        tick.taken_over.sort();
+        tick.abandoned.sort();
+        Ok(tick)
+    }
+
+    /// One schedule's part of a tick.
+    async fn tick_one(
+        &self,
+        name: &String,
+        schedule: &Schedule,
+        now: DateTime<Utc>,
+    ) -> Result<Tick, StateError> {
         let now_ms = now.timestamp_millis();
         let mut tick = Tick::default();
-        for (name, schedule) in &self.config.schedule {
-            if self.is_running_here(name) {
-                continue;
+        if self.is_running_here(name) {
+            return Ok(tick);
+        }
+        let Some(table) = self.timetables.get(name) else {
+            return Ok(tick);
+        };
+        let row = self.store.ensure_schedule(name, now_ms).await?;
+        if let Some(due) = row.running_due_ms {
+            let expired = row.lease_until_ms.is_none_or(|l| l < now_ms);
+            if !expired {
+                return Ok(tick);
             }
-            let Some(table) = self.timetables.get(name) else {
-                continue;
-            };
-            let row = self.store.ensure_schedule(name, now_ms).await?;
-            if let Some(due) = row.running_due_ms {
-                let expired = row.lease_until_ms.is_none_or(|l| l < now_ms);
-                if !expired {
-                    continue;
-                }
-                if !self
-                    .store
-                    .take_over(&row, &self.host, self.lease_until())
-                    .await?
-                {
-                    continue;
-                }
-                let id = job_id(name, due);
-                let attempt = row.attempts + 1;
-                if attempt > i64::from(self.config.serve.max_attempts) {
-                    let detail = format!(
-                        "abandoned: the lease expired {attempt} times (hosts died or were stopped while running it; last owner {})",
-                        row.owner.as_deref().unwrap_or("unknown")
-                    );
-                    tracing::error!(schedule = %name, "{id}: {detail}");
-                    self.store
-                        .job_finished(&id, "failed", now_ms, &detail)
-                        .await?;
-                    self.store.release(name, due, &self.host).await?;
-                    tick.abandoned.push(id);
-                    continue;
-                }
-                tracing::warn!(
-                    schedule = %name,
-                    "{id}: taking over from {} (lease expired), attempt {attempt}",
+            if !self
+                .store
+                .take_over(&row, &self.host, self.lease_until())
+                .await?
+            {
+                return Ok(tick);
+            }
+            let id = job_id(name, due);
+            let attempt = row.attempts + 1;
+            if attempt > i64::from(self.config.serve.max_attempts) {
+                let detail = format!(
+                    "abandoned: the lease expired {attempt} times (hosts died or were stopped while running it; last owner {})",
                     row.owner.as_deref().unwrap_or("unknown")
                 );
-                self.start(
-                    name,
-                    schedule,
-                    due,
-                    attempt,
-                    "taken over after its host's lease expired",
-                )
-                .await?;
-                tick.taken_over.push(id);
-                continue;
-            }
-            let from = Utc
-                .timestamp_millis_opt(row.last_due_ms)
-                .single()
-                .unwrap_or(now);
-            let Some(first) = table.next_after(from) else {
-                continue;
-            };
-            if first > now {
-                continue;
-            }
-            let latest = table.latest_at_or_before(now).unwrap_or(first).max(first);
-            let mut missed = Vec::new();
-            let mut t = first;
-            while t < latest && missed.len() < MISSED_LISTED {
-                missed.push(t);
-                match table.next_after(t) {
-                    Some(n) => t = n,
-                    None => break,
-                }
-            }
-            let on_time = now - latest
-                <= chrono::Duration::from_std(self.config.serve.late_after.0).unwrap_or_default();
-            let run = on_time || schedule.catch_up == CatchUp::Latest;
-            let claimed = self
-                .store
-                .claim(
-                    name,
-                    row.last_due_ms,
-                    latest.timestamp_millis(),
-                    run,
-                    &self.host,
-                    self.lease_until(),
-                )
-                .await?;
-            if !claimed {
-                continue; // another host claimed it first
-            }
-            if !run {
-                missed.push(latest);
-            }
-            for m in &missed {
-                let id = job_id(name, m.timestamp_millis());
+                tracing::error!(schedule = %name, "{id}: {detail}");
                 self.store
-                    .job_started(&JobRow {
-                        id: id.clone(),
-                        schedule: name.clone(),
-                        job: schedule.job.name().into(),
-                        subject: subject(schedule),
-                        due_ms: m.timestamp_millis(),
-                        status: "missed".into(),
-                        owner: None,
-                        attempts: 0,
-                        started_ms: None,
-                        finished_ms: None,
-                        is_test: schedule.job.is_test(),
-                        detail: format!(
-                            "not run: no run was possible at its time (noticed at {})",
-                            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ),
-                    })
+                    .job_finished(&id, "failed", now_ms, &detail)
                     .await?;
-                tick.missed.push(id);
+                self.store.release(name, due, &self.host).await?;
+                tick.abandoned.push(id);
+                return Ok(tick);
             }
-            if !missed.is_empty() {
-                tracing::warn!(schedule = %name, "{} occurrence(s) missed", missed.len());
+            tracing::warn!(
+                schedule = %name,
+                "{id}: taking over from {} (lease expired), attempt {attempt}",
+                row.owner.as_deref().unwrap_or("unknown")
+            );
+            self.start(
+                name,
+                schedule,
+                due,
+                attempt,
+                "taken over after its host's lease expired",
+            )
+            .await?;
+            tick.taken_over.push(id);
+            return Ok(tick);
+        }
+        let from = Utc
+            .timestamp_millis_opt(row.last_due_ms)
+            .single()
+            .unwrap_or(now);
+        let Some(first) = table.next_after(from) else {
+            return Ok(tick);
+        };
+        if first > now {
+            return Ok(tick);
+        }
+        let latest = table.latest_at_or_before(now).unwrap_or(first).max(first);
+        let mut missed = Vec::new();
+        let mut t = first;
+        while t < latest && missed.len() < MISSED_LISTED {
+            missed.push(t);
+            match table.next_after(t) {
+                Some(n) => t = n,
+                None => break,
             }
-            if run {
-                let note = if on_time {
-                    String::new()
-                } else {
-                    format!(
-                        "caught up: due {}, started {}",
-                        latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+        let on_time = now - latest
+            <= chrono::Duration::from_std(self.config.serve.late_after.0).unwrap_or_default();
+        let run = on_time || schedule.catch_up == CatchUp::Latest;
+        let claimed = self
+            .store
+            .claim(
+                name,
+                row.last_due_ms,
+                latest.timestamp_millis(),
+                run,
+                &self.host,
+                self.lease_until(),
+            )
+            .await?;
+        if !claimed {
+            return Ok(tick); // another host claimed it first
+        }
+        if !run {
+            missed.push(latest);
+        }
+        for m in &missed {
+            let id = job_id(name, m.timestamp_millis());
+            self.store
+                .job_started(&JobRow {
+                    id: id.clone(),
+                    schedule: name.clone(),
+                    job: schedule.job.name().into(),
+                    subject: subject(schedule),
+                    due_ms: m.timestamp_millis(),
+                    status: "missed".into(),
+                    owner: None,
+                    attempts: 0,
+                    started_ms: None,
+                    finished_ms: None,
+                    is_test: schedule.job.is_test(),
+                    detail: format!(
+                        "not run: no run was possible at its time (noticed at {})",
                         now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    )
-                };
-                self.start(name, schedule, latest.timestamp_millis(), 1, &note)
-                    .await?;
-                tick.started.push(job_id(name, latest.timestamp_millis()));
-            }
+                    ),
+                })
+                .await?;
+            tick.missed.push(id);
+        }
+        if !missed.is_empty() {
+            tracing::warn!(schedule = %name, "{} occurrence(s) missed", missed.len());
+        }
+        if run {
+            let note = if on_time {
+                String::new()
+            } else {
+                format!(
+                    "caught up: due {}, started {}",
+                    latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            };
+            self.start(name, schedule, latest.timestamp_millis(), 1, &note)
+                .await?;
+            tick.started.push(job_id(name, latest.timestamp_millis()));
         }
         Ok(tick)
     }

@@ -207,6 +207,16 @@ impl StateStore {
             .connect(&connect)
             .await
             .map_err(|e| open_err(e.to_string()))?;
+        if backend == Backend::Sqlite {
+            // Readers (`drhost report`, a scrape) do not wait for the writer.
+            // In WAL mode NORMAL syncs at checkpoints, not at every commit:
+            // a power cut may lose the last claims (an occurrence then runs
+            // again), never corrupt the file.
+            sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL")
+                .execute(&pool)
+                .await
+                .map_err(|e| open_err(e.to_string()))?;
+        }
         let migrations = MIGRATIONS
             .iter()
             .map(|(v, d, sql)| {
@@ -267,6 +277,10 @@ impl StateStore {
         name: &str,
         now_ms: i64,
     ) -> Result<ScheduleRow, StateError> {
+        // A read first: the insert (a write) is needed once per schedule.
+        if let Some(row) = self.find_schedule(name).await? {
+            return Ok(row);
+        }
         sqlx::query(
             "INSERT INTO schedules (name, since_ms, last_due_ms) VALUES ($1, $2, $2) \
              ON CONFLICT (name) DO NOTHING",
@@ -279,14 +293,23 @@ impl StateStore {
     }
 
     pub async fn schedule(&self, name: &str) -> Result<ScheduleRow, StateError> {
+        self.find_schedule(name)
+            .await?
+            .ok_or(StateError::Query(sqlx::Error::RowNotFound))
+    }
+
+    async fn find_schedule(&self, name: &str) -> Result<Option<ScheduleRow>, StateError> {
         let row = sqlx::query(
             "SELECT name, since_ms, last_due_ms, running_due_ms, owner, lease_until_ms, attempts \
              FROM schedules WHERE name = $1",
         )
         .bind(name)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(ScheduleRow {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ScheduleRow {
             name: row.try_get(0)?,
             since_ms: row.try_get(1)?,
             last_due_ms: row.try_get(2)?,
@@ -294,7 +317,7 @@ impl StateStore {
             owner: row.try_get(4)?,
             lease_until_ms: row.try_get(5)?,
             attempts: row.try_get(6)?,
-        })
+        }))
     }
 
     /// Claims occurrence `due` if nobody has claimed anything after
