@@ -116,7 +116,20 @@ impl Setup {
         Config::load(&self.path("drhost.toml")).unwrap()
     }
 
+    /// A serving host on `db` with this configuration, not yet ticking.
     async fn daemon(
+        &self,
+        db: &Db,
+        top: &str,
+        tables: &str,
+        clock: &Arc<ManualClock>,
+        host: &str,
+    ) -> Arc<Daemon> {
+        let config = self.config(db, top, tables);
+        self.daemon_on(config, db.store().await, clock, host).await
+    }
+
+    async fn daemon_on(
         &self,
         config: Config,
         store: StateStore,
@@ -136,6 +149,14 @@ fn sqlite3(db: &Path, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Moves the clock to `at`, looks at the schedules, waits for what started.
+async fn tick_at(d: &Daemon, clock: &ManualClock, at: &str) -> drhost::serve::scheduler::Tick {
+    clock.set(utc(at));
+    let tick = d.tick().await.unwrap();
+    d.scheduler.wait_idle().await;
+    tick
 }
 
 fn command_schedule(name: &str, cron: &str, script: &str, extra: &str) -> String {
@@ -159,22 +180,8 @@ async fn each_occurrence_runs_on_exactly_one_of_two_hosts(db: Db) {
         "",
     );
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T10:07:00Z")));
-    let a = s
-        .daemon(
-            s.config(&db, "", &tables),
-            db.store().await,
-            &clock,
-            "host-a",
-        )
-        .await;
-    let b = s
-        .daemon(
-            s.config(&db, "", &tables),
-            db.store().await,
-            &clock,
-            "host-b",
-        )
-        .await;
+    let a = s.daemon(&db, "", &tables, &clock, "host-a").await;
+    let b = s.daemon(&db, "", &tables, &clock, "host-b").await;
     a.tick().await.unwrap();
     b.tick().await.unwrap();
     for at in [
@@ -215,9 +222,7 @@ async fn a_new_schedule_starts_now_and_missed_runs_follow_the_catch_up_rule(db: 
     let tables = command_schedule("latest", "*/15 * * * *", "true", "")
         + &command_schedule("none", "*/15 * * * *", "true", "catch-up = \"none\"");
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T10:07:00Z")));
-    let d = s
-        .daemon(s.config(&db, "", &tables), db.store().await, &clock, "h")
-        .await;
+    let d = s.daemon(&db, "", &tables, &clock, "h").await;
     // First sight at 10:07: the 10:00 occurrence predates the schedule.
     let t = d.tick().await.unwrap();
     assert!(t.started.is_empty() && t.missed.is_empty(), "{t:?}");
@@ -281,12 +286,8 @@ async fn a_schedule_never_overlaps_itself(db: Db) {
     // than that keeps the other host from (rightly) taking it over.
     let top = "[serve]\nlease = \"1h\"\n";
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T10:07:00Z")));
-    let d = s
-        .daemon(s.config(&db, top, &tables), db.store().await, &clock, "h")
-        .await;
-    let other = s
-        .daemon(s.config(&db, top, &tables), db.store().await, &clock, "h2")
-        .await;
+    let d = s.daemon(&db, top, &tables, &clock, "h").await;
+    let other = s.daemon(&db, top, &tables, &clock, "h2").await;
     d.tick().await.unwrap();
     clock.set(utc("2026-11-27T10:15:00Z"));
     assert_eq!(d.tick().await.unwrap().started.len(), 1);
@@ -330,7 +331,7 @@ async fn a_dead_hosts_job_is_taken_over_after_its_lease_and_given_up_after_max_a
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:30:00Z")));
     let store = db.store().await;
     let d = s
-        .daemon(
+        .daemon_on(
             s.config(&db, top, &tables),
             store.clone(),
             &clock,
@@ -399,13 +400,9 @@ async fn a_job_over_its_timeout_is_stopped_and_recorded_as_failed(db: Db) {
     let s = Setup::new();
     let tables = command_schedule("hang", "0 * * * *", "exec sleep 600", "timeout = \"300ms\"");
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:30:00Z")));
-    let d = s
-        .daemon(s.config(&db, "", &tables), db.store().await, &clock, "h")
-        .await;
+    let d = s.daemon(&db, "", &tables, &clock, "h").await;
     d.tick().await.unwrap();
-    clock.set(utc("2026-11-27T10:00:00Z"));
-    d.tick().await.unwrap();
-    d.scheduler.wait_idle().await;
+    tick_at(&d, &clock, "2026-11-27T10:00:00Z").await;
     let j = d
         .store
         .job("hang@2026-11-27T10:00:00Z")
@@ -437,14 +434,7 @@ async fn backups_verifications_and_restore_tests_are_recorded_and_measured(db: D
     let s = Setup::new();
     sqlite_app(&s);
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:59:00Z")));
-    let d = s
-        .daemon(
-            s.config(&db, "", BACKUP_TABLES),
-            db.store().await,
-            &clock,
-            "h",
-        )
-        .await;
+    let d = s.daemon(&db, "", BACKUP_TABLES, &clock, "h").await;
     d.tick().await.unwrap();
     for at in [
         "2026-11-27T10:00:00Z",
@@ -453,9 +443,7 @@ async fn backups_verifications_and_restore_tests_are_recorded_and_measured(db: D
         "2026-11-27T10:15:00Z",
         "2026-11-27T10:20:00Z",
     ] {
-        clock.set(utc(at));
-        d.tick().await.unwrap();
-        d.scheduler.wait_idle().await;
+        tick_at(&d, &clock, at).await;
     }
     let jobs = d.store.jobs_since(0).await.unwrap();
     for j in &jobs {
@@ -556,15 +544,11 @@ async fn alerts_are_sent_once_per_interval_and_cleared_with_a_notice(db: Db) {
         [targets.primary]\npath = \"primary\"\n\
         [schedule.backup]\ncron = \"*/15 * * * *\"\njob = \"backup\"\nsource = \"app\"\n";
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:59:00Z")));
-    let d = s
-        .daemon(s.config(&db, &top, tables), db.store().await, &clock, "h")
-        .await;
+    let d = s.daemon(&db, &top, tables, &clock, "h").await;
     d.tick().await.unwrap();
     // The database file disappears: the 10:00 backup fails.
     std::fs::rename(s.path("app.db"), s.path("app.db.moved")).unwrap();
-    clock.set(utc("2026-11-27T10:00:00Z"));
-    d.tick().await.unwrap();
-    d.scheduler.wait_idle().await;
+    tick_at(&d, &clock, "2026-11-27T10:00:00Z").await;
     let sent = d.check_alerts().await.unwrap();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].condition, "backup-failed:app");
@@ -573,9 +557,7 @@ async fn alerts_are_sent_once_per_interval_and_cleared_with_a_notice(db: Db) {
     assert!(d.check_alerts().await.unwrap().is_empty());
     // An hour after the first: announced again, and the recovery point
     // (no verified backup since 09:59, target 15 min) is now alerted too.
-    clock.set(utc("2026-11-27T11:00:00Z"));
-    d.tick().await.unwrap();
-    d.scheduler.wait_idle().await;
+    tick_at(&d, &clock, "2026-11-27T11:00:00Z").await;
     let mut again: Vec<String> = d
         .check_alerts()
         .await
@@ -587,9 +569,7 @@ async fn alerts_are_sent_once_per_interval_and_cleared_with_a_notice(db: Db) {
     assert_eq!(again, ["backup-failed:app", "rpo-exceeded:app"]);
     // The database is back; the next backup succeeds: a recovery notice.
     std::fs::rename(s.path("app.db.moved"), s.path("app.db")).unwrap();
-    clock.set(utc("2026-11-27T11:15:00Z"));
-    d.tick().await.unwrap();
-    d.scheduler.wait_idle().await;
+    tick_at(&d, &clock, "2026-11-27T11:15:00Z").await;
     let cleared = d.check_alerts().await.unwrap();
     assert_eq!(cleared.len(), 1, "{cleared:?}");
     assert!(!cleared[0].firing);
@@ -697,23 +677,14 @@ async fn metrics_are_served_as_prometheus_text_and_health_answers() {
     let s = Setup::new();
     sqlite_app(&s);
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:59:00Z")));
-    let d = s
-        .daemon(
-            s.config(&db, "", BACKUP_TABLES),
-            db.store().await,
-            &clock,
-            "h",
-        )
-        .await;
+    let d = s.daemon(&db, "", BACKUP_TABLES, &clock, "h").await;
     d.tick().await.unwrap();
     for at in [
         "2026-11-27T10:00:00Z",
         "2026-11-27T10:05:00Z",
         "2026-11-27T10:10:00Z",
     ] {
-        clock.set(utc(at));
-        d.tick().await.unwrap();
-        d.scheduler.wait_idle().await;
+        tick_at(&d, &clock, at).await;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1091,9 +1062,7 @@ async fn a_scheduled_drill_records_its_plugin_run_and_recovery_times() {
     let tables = "[schedule.quarterly-drill]\ncron = \"0 10 1 1,4,7,10 *\"\njob = \"drill\"\n\
         scenario = \"storage/drill.toml\"\nalert-if-not-run-within = \"92d\"\n";
     let clock = Arc::new(ManualClock::new(utc("2026-12-31T12:00:00Z")));
-    let d = s
-        .daemon(s.config(&db, "", tables), db.store().await, &clock, "h")
-        .await;
+    let d = s.daemon(&db, "", tables, &clock, "h").await;
     d.tick().await.unwrap();
     clock.set(utc("2027-01-01T10:00:00Z"));
     assert_eq!(
@@ -1295,7 +1264,7 @@ async fn a_job_still_running_after_the_shutdown_grace_is_interrupted_and_run_aga
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:59:00Z")));
     let store = db.store().await;
     let d = s
-        .daemon(s.config(&db, top, &tables), store.clone(), &clock, "first")
+        .daemon_on(s.config(&db, top, &tables), store.clone(), &clock, "first")
         .await;
     d.tick().await.unwrap();
     clock.set(utc("2026-11-27T10:00:00Z"));
@@ -1321,7 +1290,7 @@ async fn a_job_still_running_after_the_shutdown_grace_is_interrupted_and_run_aga
     assert_eq!(row.lease_until_ms, Some(0));
     std::fs::write(&gate, "").unwrap();
     let next = s
-        .daemon(s.config(&db, top, &tables), store.clone(), &clock, "second")
+        .daemon_on(s.config(&db, top, &tables), store.clone(), &clock, "second")
         .await;
     assert_eq!(
         next.tick().await.unwrap().taken_over,
@@ -1349,13 +1318,9 @@ async fn a_damaged_backup_fails_its_verification_and_raises_an_alert() {
         [schedule.backup]\ncron = \"0 * * * *\"\njob = \"backup\"\nsource = \"app\"\n\
         [schedule.verify]\ncron = \"30 * * * *\"\njob = \"verify\"\nsource = \"app\"\n";
     let clock = Arc::new(ManualClock::new(utc("2026-11-27T09:59:00Z")));
-    let d = s
-        .daemon(s.config(&db, &top, tables), db.store().await, &clock, "h")
-        .await;
+    let d = s.daemon(&db, &top, tables, &clock, "h").await;
     d.tick().await.unwrap();
-    clock.set(utc("2026-11-27T10:00:00Z"));
-    d.tick().await.unwrap();
-    d.scheduler.wait_idle().await;
+    tick_at(&d, &clock, "2026-11-27T10:00:00Z").await;
     // Flip one byte of the stored object (bit rot, or tampering).
     let object = walk(&s.path("primary"))
         .into_iter()
@@ -1365,9 +1330,7 @@ async fn a_damaged_backup_fails_its_verification_and_raises_an_alert() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&object, bytes).unwrap();
-    clock.set(utc("2026-11-27T10:30:00Z"));
-    d.tick().await.unwrap();
-    d.scheduler.wait_idle().await;
+    tick_at(&d, &clock, "2026-11-27T10:30:00Z").await;
     let j = d
         .store
         .job("verify@2026-11-27T10:30:00Z")

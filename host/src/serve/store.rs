@@ -462,25 +462,16 @@ impl StateStore {
     }
 
     pub async fn jobs_since(&self, since_ms: i64) -> Result<Vec<JobRow>, StateError> {
-        let rows = sqlx::query(
-            "SELECT id, schedule, job, subject, due_ms, status, owner, attempts, started_ms, \
-             finished_ms, is_test, detail FROM jobs WHERE due_ms >= $1 ORDER BY due_ms, id",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(job_row).collect()
+        self.since(since_ms).await
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>, StateError> {
-        let row = sqlx::query(
-            "SELECT id, schedule, job, subject, due_ms, status, owner, attempts, started_ms, \
-             finished_ms, is_test, detail FROM jobs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(job_row).transpose()
+        let sql = format!("SELECT {} FROM jobs WHERE id = $1", JobRow::COLUMNS);
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(JobRow::read).transpose()
     }
 
     /// The newest successful run of a schedule.
@@ -519,29 +510,7 @@ impl StateStore {
     }
 
     pub async fn backups_since(&self, since_ms: i64) -> Result<Vec<BackupRow>, StateError> {
-        let rows = sqlx::query(
-            "SELECT job_id, source, kind, backup_id, ok, bytes, seconds, covers_ms, finished_ms, \
-             error FROM backups WHERE finished_ms >= $1 ORDER BY finished_ms",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(BackupRow {
-                    job_id: r.try_get(0)?,
-                    source: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    backup_id: r.try_get(3)?,
-                    ok: r.try_get::<i64, _>(4)? != 0,
-                    bytes: r.try_get(5)?,
-                    seconds: r.try_get(6)?,
-                    covers_ms: r.try_get(7)?,
-                    finished_ms: r.try_get(8)?,
-                    error: r.try_get(9)?,
-                })
-            })
-            .collect()
+        self.since(since_ms).await
     }
 
     pub async fn record_verification(&self, v: &VerificationRow) -> Result<(), StateError> {
@@ -568,14 +537,7 @@ impl StateStore {
         &self,
         since_ms: i64,
     ) -> Result<Vec<VerificationRow>, StateError> {
-        let rows = sqlx::query(
-            "SELECT job_id, source, backup_id, target, ok, covers_ms, failed, finished_ms \
-             FROM verifications WHERE finished_ms >= $1 ORDER BY finished_ms",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(verification_row).collect()
+        self.since(since_ms).await
     }
 
     /// The newest backup of `source` that passed verification: its recovery
@@ -612,29 +574,7 @@ impl StateStore {
     }
 
     pub async fn recoveries_since(&self, since_ms: i64) -> Result<Vec<RecoveryRow>, StateError> {
-        let rows = sqlx::query(
-            "SELECT job_id, component, component_kind, test, ok, seconds, rto_s, rpo_achieved_s, \
-             rpo_s, finished_ms FROM recoveries WHERE finished_ms >= $1 ORDER BY finished_ms",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RecoveryRow {
-                    job_id: r.try_get(0)?,
-                    component: r.try_get(1)?,
-                    component_kind: r.try_get(2)?,
-                    test: r.try_get(3)?,
-                    ok: r.try_get::<i64, _>(4)? != 0,
-                    seconds: r.try_get(5)?,
-                    rto_s: r.try_get(6)?,
-                    rpo_achieved_s: r.try_get(7)?,
-                    rpo_s: r.try_get(8)?,
-                    finished_ms: r.try_get(9)?,
-                })
-            })
-            .collect()
+        self.since(since_ms).await
     }
 
     pub async fn record_plugin_run(&self, r: &PluginRunRow) -> Result<(), StateError> {
@@ -659,49 +599,35 @@ impl StateStore {
     }
 
     pub async fn plugin_runs_since(&self, since_ms: i64) -> Result<Vec<PluginRunRow>, StateError> {
-        let rows = sqlx::query(
-            "SELECT job_id, run_id, scenario, outcome, calls, denied, overruns, audit_log, \
-             finished_ms FROM plugin_runs WHERE finished_ms >= $1 ORDER BY finished_ms",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PluginRunRow {
-                    job_id: r.try_get(0)?,
-                    run_id: r.try_get(1)?,
-                    scenario: r.try_get(2)?,
-                    outcome: r.try_get(3)?,
-                    calls: r.try_get(4)?,
-                    denied: r.try_get(5)?,
-                    overruns: r.try_get(6)?,
-                    audit_log: r.try_get(7)?,
-                    finished_ms: r.try_get(8)?,
-                })
-            })
-            .collect()
+        self.since(since_ms).await
+    }
+
+    /// Every record of one kind from `since_ms` on, oldest first.
+    async fn since<T: Record>(&self, since_ms: i64) -> Result<Vec<T>, StateError> {
+        let sql = format!(
+            "SELECT {cols} FROM {table} WHERE {time} >= $1 ORDER BY {time}",
+            cols = T::COLUMNS,
+            table = T::TABLE,
+            time = T::TIME
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(T::read).collect()
     }
 
     // ---- alerts ----
 
     pub async fn alerts(&self) -> Result<Vec<AlertRow>, StateError> {
-        let rows = sqlx::query(
-            "SELECT condition, firing, since_ms, last_sent_ms, message FROM alerts ORDER BY condition",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AlertRow {
-                    condition: r.try_get(0)?,
-                    firing: r.try_get::<i64, _>(1)? != 0,
-                    since_ms: r.try_get(2)?,
-                    last_sent_ms: r.try_get(3)?,
-                    message: r.try_get(4)?,
-                })
-            })
-            .collect()
+        let sql = format!(
+            "SELECT {} FROM alerts ORDER BY condition",
+            AlertRow::COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(AlertRow::read).collect()
     }
 
     /// Moves a condition to `firing` at `now`, announcing it (returns true)
@@ -717,13 +643,15 @@ impl StateStore {
         now_ms: i64,
         repeat_ms: i64,
     ) -> Result<Option<AlertRow>, StateError> {
-        let current = sqlx::query(
-            "SELECT condition, firing, since_ms, last_sent_ms, message FROM alerts WHERE condition = $1",
-        )
-        .bind(condition)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = current else {
+        let sql = format!(
+            "SELECT {} FROM alerts WHERE condition = $1",
+            AlertRow::COLUMNS
+        );
+        let current = sqlx::query(AssertSqlSafe(sql))
+            .bind(condition)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = current.as_ref().map(AlertRow::read).transpose()? else {
             if !firing {
                 return Ok(None);
             }
@@ -744,9 +672,7 @@ impl StateStore {
                 message: message.into(),
             }));
         };
-        let was_firing = r.try_get::<i64, _>(1)? != 0;
-        let since: i64 = r.try_get(2)?;
-        let last_sent: i64 = r.try_get(3)?;
+        let (was_firing, since, last_sent) = (r.firing, r.since_ms, r.last_sent_ms);
         let announce = match (was_firing, firing) {
             (false, false) => false,
             (false, true) | (true, false) => true,
@@ -818,34 +744,136 @@ impl StateStore {
     }
 }
 
-fn job_row(r: &AnyRow) -> Result<JobRow, StateError> {
-    Ok(JobRow {
-        id: r.try_get(0)?,
-        schedule: r.try_get(1)?,
-        job: r.try_get(2)?,
-        subject: r.try_get(3)?,
-        due_ms: r.try_get(4)?,
-        status: r.try_get(5)?,
-        owner: r.try_get(6)?,
-        attempts: r.try_get(7)?,
-        started_ms: r.try_get(8)?,
-        finished_ms: r.try_get(9)?,
-        is_test: r.try_get::<i64, _>(10)? != 0,
-        detail: r.try_get(11)?,
-    })
+/// A table's rows as a struct: the columns in the order `read` takes them.
+trait Record: Sized {
+    const TABLE: &'static str;
+    const COLUMNS: &'static str;
+    /// The time column `since` filters and orders on.
+    const TIME: &'static str;
+    fn read(r: &AnyRow) -> Result<Self, StateError>;
 }
 
-fn verification_row(r: &AnyRow) -> Result<VerificationRow, StateError> {
-    Ok(VerificationRow {
-        job_id: r.try_get(0)?,
-        source: r.try_get(1)?,
-        backup_id: r.try_get(2)?,
-        target: r.try_get(3)?,
-        ok: r.try_get::<i64, _>(4)? != 0,
-        covers_ms: r.try_get(5)?,
-        failed: r.try_get(6)?,
-        finished_ms: r.try_get(7)?,
-    })
+fn flag_of(r: &AnyRow, i: usize) -> Result<bool, StateError> {
+    Ok(r.try_get::<i64, _>(i)? != 0)
+}
+
+impl Record for JobRow {
+    const TABLE: &'static str = "jobs";
+    const COLUMNS: &'static str = "id, schedule, job, subject, due_ms, status, owner, attempts, \
+         started_ms, finished_ms, is_test, detail";
+    const TIME: &'static str = "due_ms";
+    fn read(r: &AnyRow) -> Result<Self, StateError> {
+        Ok(JobRow {
+            id: r.try_get(0)?,
+            schedule: r.try_get(1)?,
+            job: r.try_get(2)?,
+            subject: r.try_get(3)?,
+            due_ms: r.try_get(4)?,
+            status: r.try_get(5)?,
+            owner: r.try_get(6)?,
+            attempts: r.try_get(7)?,
+            started_ms: r.try_get(8)?,
+            finished_ms: r.try_get(9)?,
+            is_test: flag_of(r, 10)?,
+            detail: r.try_get(11)?,
+        })
+    }
+}
+
+impl Record for BackupRow {
+    const TABLE: &'static str = "backups";
+    const COLUMNS: &'static str =
+        "job_id, source, kind, backup_id, ok, bytes, seconds, covers_ms, finished_ms, error";
+    const TIME: &'static str = "finished_ms";
+    fn read(r: &AnyRow) -> Result<Self, StateError> {
+        Ok(BackupRow {
+            job_id: r.try_get(0)?,
+            source: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            backup_id: r.try_get(3)?,
+            ok: flag_of(r, 4)?,
+            bytes: r.try_get(5)?,
+            seconds: r.try_get(6)?,
+            covers_ms: r.try_get(7)?,
+            finished_ms: r.try_get(8)?,
+            error: r.try_get(9)?,
+        })
+    }
+}
+
+impl Record for VerificationRow {
+    const TABLE: &'static str = "verifications";
+    const COLUMNS: &'static str =
+        "job_id, source, backup_id, target, ok, covers_ms, failed, finished_ms";
+    const TIME: &'static str = "finished_ms";
+    fn read(r: &AnyRow) -> Result<Self, StateError> {
+        Ok(VerificationRow {
+            job_id: r.try_get(0)?,
+            source: r.try_get(1)?,
+            backup_id: r.try_get(2)?,
+            target: r.try_get(3)?,
+            ok: flag_of(r, 4)?,
+            covers_ms: r.try_get(5)?,
+            failed: r.try_get(6)?,
+            finished_ms: r.try_get(7)?,
+        })
+    }
+}
+
+impl Record for RecoveryRow {
+    const TABLE: &'static str = "recoveries";
+    const COLUMNS: &'static str = "job_id, component, component_kind, test, ok, seconds, rto_s, \
+         rpo_achieved_s, rpo_s, finished_ms";
+    const TIME: &'static str = "finished_ms";
+    fn read(r: &AnyRow) -> Result<Self, StateError> {
+        Ok(RecoveryRow {
+            job_id: r.try_get(0)?,
+            component: r.try_get(1)?,
+            component_kind: r.try_get(2)?,
+            test: r.try_get(3)?,
+            ok: flag_of(r, 4)?,
+            seconds: r.try_get(5)?,
+            rto_s: r.try_get(6)?,
+            rpo_achieved_s: r.try_get(7)?,
+            rpo_s: r.try_get(8)?,
+            finished_ms: r.try_get(9)?,
+        })
+    }
+}
+
+impl Record for PluginRunRow {
+    const TABLE: &'static str = "plugin_runs";
+    const COLUMNS: &'static str =
+        "job_id, run_id, scenario, outcome, calls, denied, overruns, audit_log, finished_ms";
+    const TIME: &'static str = "finished_ms";
+    fn read(r: &AnyRow) -> Result<Self, StateError> {
+        Ok(PluginRunRow {
+            job_id: r.try_get(0)?,
+            run_id: r.try_get(1)?,
+            scenario: r.try_get(2)?,
+            outcome: r.try_get(3)?,
+            calls: r.try_get(4)?,
+            denied: r.try_get(5)?,
+            overruns: r.try_get(6)?,
+            audit_log: r.try_get(7)?,
+            finished_ms: r.try_get(8)?,
+        })
+    }
+}
+
+impl Record for AlertRow {
+    const TABLE: &'static str = "alerts";
+    const COLUMNS: &'static str = "condition, firing, since_ms, last_sent_ms, message";
+    const TIME: &'static str = "since_ms";
+    fn read(r: &AnyRow) -> Result<Self, StateError> {
+        Ok(AlertRow {
+            condition: r.try_get(0)?,
+            firing: flag_of(r, 1)?,
+            since_ms: r.try_get(2)?,
+            last_sent_ms: r.try_get(3)?,
+            message: r.try_get(4)?,
+        })
+    }
 }
 
 /// A URL with its password replaced by `***`.
