@@ -1224,6 +1224,8 @@ async fn drhost_run_will_not_recover_a_component_another_host_is_recovering() {
             .arg(common::plugin_path("hello"))
             .arg("--config")
             .arg(dir.path().join("drhost.toml"))
+            .arg("--out")
+            .arg(dir.path().join("runs"))
             .env("DRHOST_STATE_DIR", dir.path().join("state"))
             .output()
             .unwrap()

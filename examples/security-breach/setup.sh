@@ -10,7 +10,7 @@ bg sink python3 "$fixtures/sink.py" "$sink"
 wait_http "http://127.0.0.1:$sink/received"
 cat >"$work/drill.policy.toml" <<TOML
 [db.app]
-url = "sqlite://app.db?mode=rwc"
+url = "sqlite://$work/app.db?mode=rwc"   # sqlx resolves a relative file against the working directory
 access = "read-write"
 sandbox = true
 

@@ -215,6 +215,27 @@ fn findings_json(f: &[Finding]) -> Value {
 
 /// Runs a scenario end to end. Errors are for runs that could not start; a
 /// run that started always ends in a report (and a complete audit log).
+/// The scenario's `info`. The state store is per scenario, so `info` runs on
+/// a throwaway one.
+pub async fn read_info(
+    runtime: &Runtime,
+    plugin: &crate::runtime::Plugin,
+    policy: &Arc<Policy>,
+    plan: bool,
+) -> Result<ScenarioInfo, RunError> {
+    let probe = Arc::new(
+        build_caps(
+            policy,
+            None,
+            crate::caps::state::StateCap::ephemeral(0),
+            plan,
+            None,
+        )
+        .await?,
+    );
+    runtime.info(plugin, &probe).await.map_err(RunError::Info)
+}
+
 pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<RunReport, RunError> {
     let plugin = runtime.load(wasm)?;
     if let Some(pin) = &opts.policy.plugin.sha256
@@ -230,21 +251,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     check_backup_grants(&opts.policy, opts.backups.as_ref())?;
     let policy = Arc::new(opts.policy);
 
-    // The state store is per scenario, so `info` runs first on a throwaway one.
-    let probe = Arc::new(
-        build_caps(
-            &policy,
-            None,
-            crate::caps::state::StateCap::ephemeral(0),
-            opts.plan,
-            None,
-        )
-        .await?,
-    );
-    let info = runtime
-        .info(&plugin, &probe)
-        .await
-        .map_err(RunError::Info)?;
+    let info = read_info(runtime, &plugin, &policy, opts.plan).await?;
     validate_info(&info).map_err(RunError::Metadata)?;
     let has_inject = info.steps.iter().any(|s| s.phase == Phase::Inject);
     if opts.drill && !has_inject {

@@ -158,20 +158,10 @@ pub async fn scenario_components(
     plugin: &std::path::Path,
 ) -> Result<Vec<String>, String> {
     let loaded = runtime.load(plugin).map_err(|e| e.to_string())?;
-    let policy = Arc::new(crate::policy::Policy::deny_all());
-    let caps = crate::orchestrator::build_caps(
-        &policy,
-        None,
-        crate::caps::state::StateCap::ephemeral(0),
-        false,
-        None,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let info = runtime
-        .info(&loaded, &Arc::new(caps))
+    let no_grants = Arc::new(crate::policy::Policy::deny_all());
+    let info = crate::orchestrator::read_info(runtime, &loaded, &no_grants, false)
         .await
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| e.to_string())?;
     Ok(info.components.into_iter().map(|c| c.name).collect())
 }
 

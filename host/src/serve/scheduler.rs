@@ -50,11 +50,6 @@ impl ManualClock {
             *g = t;
         }
     }
-    pub fn advance(&self, d: Duration) {
-        if let Ok(mut g) = self.0.lock() {
-            *g += chrono::Duration::from_std(d).unwrap_or_default();
-        }
-    }
 }
 
 impl Clock for ManualClock {
@@ -201,7 +196,7 @@ impl Scheduler {
     /// One schedule's part of a tick.
     async fn tick_one(
         &self,
-        name: &String,
+        name: &str,
         schedule: &Schedule,
         now: DateTime<Utc>,
     ) -> Result<Tick, StateError> {
@@ -302,7 +297,7 @@ impl Scheduler {
             self.store
                 .job_started(&JobRow {
                     id: id.clone(),
-                    schedule: name.clone(),
+                    schedule: name.to_string(),
                     job: schedule.job.name().into(),
                     subject: subject(schedule),
                     due_ms: m.timestamp_millis(),

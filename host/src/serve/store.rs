@@ -143,10 +143,6 @@ enum LockInner {
 }
 
 impl RecoveryLock {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     pub async fn release(self) {
         match self.inner {
             LockInner::Postgres(conn) => {
@@ -252,10 +248,6 @@ impl StateStore {
             None => format!("sqlite:{}", state_dir.join("state.db").display()),
         };
         StateStore::open(&url).await
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     /// The URL without its password.
