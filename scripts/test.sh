@@ -14,9 +14,9 @@ say() { printf '\n== %s\n' "$*"; }
 say "wasm32-wasip2 target"
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-say "command-line tools for restores by hand (age, zstd, sqlite3)"
+say "command-line tools for restores and checks by hand (age, zstd, sqlite3, minisign)"
 missing=()
-for tool in age zstd sqlite3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in age zstd sqlite3 minisign; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
     sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq
@@ -111,6 +111,19 @@ mariadb --no-defaults -h 127.0.0.1 -P "$rport" -u root -e "CHANGE MASTER TO MAST
     MASTER_PORT=$pport, MASTER_USER='root', MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos; START SLAVE"
 export DRHOST_TEST_MARIADB_PRIMARY="mysql://root@127.0.0.1:$pport/test"
 export DRHOST_TEST_MARIADB_REPLICA="mysql://root@127.0.0.1:$rport/test"
+
+# With arguments, only `cargo test ARGS` runs, against the same servers
+# (e.g. `./scripts/test.sh --test hostile`): for working on one area.
+if [ $# -gt 0 ]; then
+    say "cargo test $*"
+    cargo test "$@"
+    exit
+fi
+
+say "lints: rustfmt and clippy"
+cargo fmt --all --check
+cargo fmt --manifest-path plugins/Cargo.toml --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 say "tests"
 # The Rust SDK's unit tests and doc examples, and the reference plugins' own

@@ -38,6 +38,7 @@ async fn drill_plugin(
     policy: &Path,
     config: Option<&Path>,
 ) -> orchestrator::RunReport {
+    name_the_scenario(policy, plugin);
     drhost::drill::run(
         runtime(),
         &plugin_path(plugin),
@@ -48,6 +49,20 @@ async fn drill_plugin(
     )
     .await
     .unwrap()
+}
+
+/// The state store is named by the policy (`[plugin] scenario`), never by
+/// the plugin: the tests seed it under the scenario's name, so their
+/// policies name it too.
+fn name_the_scenario(policy: &Path, scenario: &str) {
+    let text = std::fs::read_to_string(policy).unwrap();
+    if !text.contains("[plugin]") {
+        std::fs::write(
+            policy,
+            format!("[plugin]\nscenario = \"{scenario}\"\n\n{text}"),
+        )
+        .unwrap();
+    }
 }
 
 async fn drill(
@@ -162,6 +177,7 @@ async fn an_inject_step_cannot_touch_a_grant_that_is_not_marked_sandbox() {
     std::fs::write(
         &policy,
         "[s3.primary]\npath = \"prod/primary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\
+         write-phases = [\"inject\", \"recover\", \"verify\"]\n\
          [s3.secondary]\npath = \"prod/secondary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n",
     )
     .unwrap();
@@ -208,6 +224,7 @@ async fn inject_steps_run_only_in_a_drill_and_only_scenarios_with_one_can_be_dri
     std::fs::write(
         &policy,
         "[s3.primary]\npath = \"b/p\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\
+         write-phases = [\"recover\", \"verify\"]\n\
          [s3.secondary]\npath = \"b/s\"\naccess = [\"read\", \"list\"]\n",
     )
     .unwrap();
@@ -536,6 +553,7 @@ async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
         &policy,
         format!(
             "[db.app]\nurl = \"{url}\"\naccess = \"read-write\"\nsandbox = true\n\
+             write-phases = [\"inject\", \"contain\", \"recover\", \"verify\"]\n\
              [db.app.invariants]\nno-negative-amounts = \"SELECT COUNT(*) FROM orders WHERE amount < 0\"\n\
              amounts-below-a-million = \"SELECT COUNT(*) FROM orders WHERE amount >= 1000000\"\n\
              [backup.app]\naccess = [\"create\", \"list\", \"verify\", \"restore\"]\nrestore-to = [\"app\"]\nsandbox = true\n"
@@ -920,7 +938,9 @@ impl NetSetup {
                  [http]\nallow = [\"http://127.0.0.1:{d}/\", \"http://localhost:{p}/\", \"http://localhost:{b}/\"]\n\
                  addresses = [\"127.0.0.0/8\"]\n\
                  sandbox = [\"http://localhost:{p}/\", \"http://localhost:{b}/\"]\n\
-                 [exec.restore-primary]\nprogram = {prog:?}\nargs = [\"*\", \"primary\"]\ntimeout = \"20s\"\n",
+                 write-phases = [\"inject\", \"contain\", \"recover\", \"verify\"]\n\
+                 [exec.restore-primary]\nprogram = {prog:?}\nargs = [\"*\", \"primary\"]\ntimeout = \"20s\"\n\
+                 write-phases = [\"recover\", \"verify\"]\n",
                 prog = fixture("start-app.sh"),
             ),
         )

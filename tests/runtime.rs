@@ -209,6 +209,17 @@ async fn inspect_shows_what_the_policy_grants() {
     assert!(text.contains("restore-from-secondary"), "{text}");
     assert!(text.contains("drhost:plugin/s3@0.2.0"), "{text}");
     assert!(text.contains("granted: primary [read,list]"), "{text}");
+    // Per phase: a read-only alias reads everywhere but in inject steps,
+    // which need sandbox = true.
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("s3.primary"))
+        .expect("phase table row");
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["s3.primary", "r", "r", "r", "r", "r", "-"],
+        "{text}"
+    );
     assert!(
         text.contains("object-storage           storage      P1"),
         "{text}"
@@ -330,7 +341,7 @@ async fn conformance_reports_traps_undeclared_writes_and_nondeterminism() {
     };
     let (ok, detail) = verdict("sneaky-put", "mutations are declared");
     assert!(
-        !ok && detail.contains("declared not mutating, but called s3.put primary:sneaky plan"),
+        !ok && detail.contains("declared not mutating, but called s3.put primary:sneaky deny"),
         "{detail}"
     );
     assert!(

@@ -18,7 +18,7 @@ fn storage_policy(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("storage.policy.toml");
     std::fs::write(
         &p,
-        "[s3.primary]\npath = \"buckets/primary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\
+        "[s3.primary]\npath = \"buckets/primary\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\nwrite-phases = [\"recover\", \"verify\"]\n\
          [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n\
          [s3.config]\npath = \"config\"\naccess = [\"write\"]\n",
     )
@@ -122,7 +122,7 @@ async fn storage_failover_restores_an_s3_primary_from_a_local_secondary() {
     let bucket = format!("drhost-sf-{}", unique());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let policy = format!(
-        "[s3.primary]\nbucket = \"{bucket}\"\nprefix = \"files/\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\nendpoint = \"{}\"\npath-style = true\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n\
+        "[s3.primary]\nbucket = \"{bucket}\"\nprefix = \"files/\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\nwrite-phases = [\"recover\", \"verify\"]\nendpoint = \"{}\"\npath-style = true\naccess-key-id = \"test\"\nsecret-access-key = \"test\"\n\
          [s3.secondary]\npath = \"buckets/secondary\"\naccess = [\"read\", \"list\"]\n\
          [s3.config]\npath = \"config\"\naccess = [\"write\"]\n",
         s3_endpoint()
@@ -300,7 +300,9 @@ async fn app_health_is_healthy_while_the_endpoint_answers_and_fails_verification
     let policy = dir.path().join("p.toml");
     std::fs::write(
         &policy,
-        format!("[http]\nallow = [\"http://127.0.0.1:{port}/health\"]\n"),
+        format!(
+            "[plugin]\nscenario = \"app-health\"\n\n[http]\nallow = [\"http://127.0.0.1:{port}/health\"]\n"
+        ),
     )
     .unwrap();
     // The health URL is the plugin's own state: set it the way `drhost state set` does.

@@ -10,6 +10,9 @@ start_app "$green" green
 bg switch python3 "$fixtures/switch.py" "$switch" "blue=http://127.0.0.1:$blue" "green=http://127.0.0.1:$green"
 wait_http "http://127.0.0.1:$switch/active"
 cat >"$work/drill.policy.toml" <<TOML
+[plugin]
+scenario = "$scenario"       # names the state store; the plugin must declare it
+
 [http]
 allow = ["http://127.0.0.1:$blue/", "http://127.0.0.1:$green/", "http://127.0.0.1:$switch/"]
 sandbox = ["http://127.0.0.1:$blue/"]      # the inject step may crash the primary only

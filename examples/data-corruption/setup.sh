@@ -18,10 +18,14 @@ path = "backups"
 TOML
 } >"$work/drhost.toml"
 cat >"$work/drill.policy.toml" <<TOML
+[plugin]
+scenario = "$scenario"       # names the state store; the plugin must declare it
+
 [db.app]
 url = "mysql://root@127.0.0.1:$port/shop"
 access = "read-write"
 sandbox = true
+write-phases = ["inject", "contain", "recover", "verify"]   # verify lifts read-only once the data validates
 
 [db.app.invariants]           # data-validation queries: each counts violating rows
 no-negative-amounts = "SELECT COUNT(*) FROM orders WHERE amount < 0"

@@ -10,6 +10,9 @@ start_app "$backup" backup
 bg dnsapi python3 "$fixtures/dnsapi.py" "$dns" "app.example.com=localhost:$primary"
 wait_http "http://127.0.0.1:$dns/records/app.example.com"
 cat >"$work/drill.policy.toml" <<TOML
+[plugin]
+scenario = "$scenario"       # names the state store; the plugin must declare it
+
 [net]
 allow = ["localhost:$primary", "localhost:$backup"]
 sandbox = true                  # the inject step checks that the outage took effect
@@ -18,11 +21,14 @@ sandbox = true                  # the inject step checks that the outage took ef
 allow = ["http://127.0.0.1:$dns/", "http://localhost:$primary/", "http://localhost:$backup/"]
 addresses = ["127.0.0.0/8"]     # localhost resolves to loopback
 sandbox = ["http://localhost:$primary/"]
+write-phases = ["inject", "contain", "recover", "verify"]   # fail-back (verify) points DNS back
+
 
 [exec.restore-primary]
 program = "$fixtures/start-app.sh"
 args = ["$primary", "primary"]
 timeout = "20s"
+write-phases = ["recover", "verify"]
 TOML
 state primary "localhost:$primary"
 state backup "localhost:$backup"

@@ -7,6 +7,9 @@ app=$(free_port)
 start_app "$app" app
 printf 'INFO started\nERROR upstream timeout\nINFO request ok\n' >"$work/app.log"
 cat >"$work/drill.policy.toml" <<TOML
+[plugin]
+scenario = "$scenario"       # names the state store; the plugin must declare it
+
 [http]
 allow = ["http://127.0.0.1:$app/"]
 sandbox = ["http://127.0.0.1:$app/"]

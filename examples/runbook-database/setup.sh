@@ -26,6 +26,9 @@ path = "backups"
 TOML
 } >"$work/drhost.toml"
 cat >"$work/drill.policy.toml" <<TOML
+[plugin]
+scenario = "$scenario"       # names the state store; the plugin must declare it
+
 [db.app]
 url = "mysql://root@127.0.0.1:$proxy/app"
 access = "read-write"

@@ -8,6 +8,9 @@ rm -rf "$work/primary" "$work/backup" "$work/config"
 app=$(free_port)
 start_app "$app" app
 cat >"$work/drill.policy.toml" <<TOML
+[plugin]
+scenario = "$scenario"       # names the state store; the plugin must declare it
+
 [s3.primary]
 path = "primary"
 access = ["read", "list", "write", "delete"]

@@ -9,6 +9,9 @@ sink=$(free_port)
 bg sink python3 "$fixtures/sink.py" "$sink"
 wait_http "http://127.0.0.1:$sink/received"
 cat >"$work/drill.policy.toml" <<TOML
+[plugin]
+scenario = "$scenario"       # names the state store; the plugin must declare it
+
 [db.app]
 url = "sqlite://$work/app.db?mode=rwc"   # sqlx resolves a relative file against the working directory
 access = "read-write"

@@ -83,6 +83,8 @@ async fn trace(
         )
         .await?,
     );
+    // The step is held to its declaration, as in a run.
+    caps.gate.set_step(step);
     let budget = Duration::from_secs(u64::from(step.budget_seconds));
     let outcome = runtime
         .run_step(plugin, &caps, &step.id, &[], budget)
@@ -133,9 +135,8 @@ pub async fn test(
         ..Policy::deny_all()
     });
     let mut checks = Vec::new();
-    let probe = Arc::new(build_caps(&none, None, StateCap::ephemeral(0), true, None).await?);
-    let info = match runtime.info(&plugin, &probe).await {
-        Ok(i) => i,
+    let info = match crate::orchestrator::read_info(runtime, &plugin, &policy).await {
+        Ok(p) => p.info,
         Err(e) => {
             checks.push(Check {
                 step: None,

@@ -7,7 +7,7 @@ use crate::caps::backup as backupcap;
 use crate::caps::http::Hooks;
 use crate::caps::output::CappedOutput;
 use crate::caps::s3 as s3cap;
-use crate::caps::{Call, Caps, Decision};
+use crate::caps::{Call, Caps, Decision, Grant};
 use crate::policy::{BackupAccess, S3Access};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,7 +174,7 @@ impl state::Host for HostState {
             .gate
             .call(
                 call,
-                Decision::Allow("state (always granted)".into()),
+                Decision::Allow(Grant::always("state (always granted)")),
                 || async { Ok(caps.state.get(&key)) },
             )
             .await;
@@ -188,7 +188,7 @@ impl state::Host for HostState {
             .gate
             .call(
                 call,
-                Decision::Allow("state (always granted)".into()),
+                Decision::Allow(Grant::always("state (always granted)")),
                 || async { caps.state.set(&key, value) },
             )
             .await)
@@ -201,7 +201,7 @@ impl state::Host for HostState {
             .gate
             .call(
                 call,
-                Decision::Allow("state (always granted)".into()),
+                Decision::Allow(Grant::always("state (always granted)")),
                 || async { Ok(caps.state.delete(&key)) },
             )
             .await;
@@ -215,7 +215,7 @@ impl state::Host for HostState {
             .gate
             .call(
                 call,
-                Decision::Allow("state (always granted)".into()),
+                Decision::Allow(Grant::always("state (always granted)")),
                 || async { Ok(KeyList(caps.state.keys())) },
             )
             .await;
@@ -291,7 +291,8 @@ impl s3::Host for HostState {
         let call = Call::new("s3", "put", format!("{alias}:{key}"))
             .arg("bytes", body.len())
             .arg("sha256", crate::digest::sha256_hex(&body))
-            .mutating();
+            .mutating()
+            .refused_needs(format!("s3.{alias} write-once=false"));
         let a = alias_or_deny!(caps, call, alias, S3Access::Write, "put");
         let max = caps.s3.max_guest_bytes;
         Ok(caps
@@ -365,16 +366,13 @@ impl s3::Host for HostState {
             "copy",
             format!("{src_alias}:{src_key} -> {dst_alias}:{dst_key}"),
         )
-        .mutating();
+        .mutating()
+        .refused_needs(format!("s3.{dst_alias} write-once=false"));
         let src = alias_or_deny!(caps, call, src_alias, S3Access::Read, "copy");
         let dst = alias_or_deny!(caps, call, dst_alias, S3Access::Write, "copy");
-        let decision = match (
-            src.decide(S3Access::Read, "copy"),
-            dst.decide(S3Access::Write, "copy"),
-        ) {
-            (Decision::Allow(a), Decision::Allow(b)) => Decision::Allow(format!("{a}; {b}")),
-            (d @ Decision::Deny { .. }, _) | (_, d @ Decision::Deny { .. }) => d,
-        };
+        let decision = src
+            .decide(S3Access::Read, "copy")
+            .and(dst.decide(S3Access::Write, "copy"));
         Ok(caps
             .gate
             .call(call, decision, || async {
@@ -500,11 +498,18 @@ impl db::Host for HostState {
         params: Vec<db::Value>,
     ) -> HostResult<db::Rows> {
         let caps = Arc::clone(&self.caps);
-        let call = sql_call("query", &connection, &sql, params.len());
+        let call = sql_call("query", &connection, &sql, params.len())
+            .refused_needs(format!("db.{connection} (the database refused it)"));
         let decision = caps.db.decide(&connection, "query", false);
+        // In plan mode, `drhost test`, steps declared not mutating and phases
+        // where the grant may not write, the query runs in the engine's
+        // read-only mode, whatever its text says.
+        let read_only = caps.gate.read_only(&decision);
         Ok(caps
             .gate
-            .call(call, decision, || caps.db.query(&connection, &sql, &params))
+            .call(call, decision, || {
+                caps.db.query(&connection, &sql, &params, read_only)
+            })
             .await)
     }
 
@@ -515,7 +520,9 @@ impl db::Host for HostState {
         params: Vec<db::Value>,
     ) -> HostResult<u64> {
         let caps = Arc::clone(&self.caps);
-        let call = sql_call("execute", &connection, &sql, params.len()).mutating();
+        let call = sql_call("execute", &connection, &sql, params.len())
+            .mutating()
+            .refused_needs(format!("db.{connection} (the database refused it)"));
         let decision = caps.db.decide(&connection, "execute", true);
         Ok(caps
             .gate
@@ -601,7 +608,9 @@ impl backup::Host for HostState {
         target: Option<String>,
     ) -> HostResult<Vec<backup::VerifyReport>> {
         let caps = Arc::clone(&self.caps);
-        let mut call = Call::new("backup", "verify", source.clone()).arg("id", id.clone());
+        let mut call = Call::new("backup", "verify", source.clone())
+            .arg("id", id.clone())
+            .scratch();
         if let Some(t) = &target {
             call = call.arg("target", t.clone());
         }

@@ -14,6 +14,7 @@ pub mod host;
 pub mod inspect;
 pub mod orchestrator;
 pub mod policy;
+pub mod provenance;
 pub mod quickstart;
 pub mod report;
 pub mod runtime;

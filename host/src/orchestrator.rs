@@ -213,45 +213,85 @@ fn findings_json(f: &[Finding]) -> Value {
     Value::Array(f.iter().map(|f| json!([f.key, f.value])).collect())
 }
 
-/// Runs a scenario end to end. Errors are for runs that could not start; a
-/// run that started always ends in a report (and a complete audit log).
-/// The scenario's `info`. The state store is per scenario, so `info` runs on
-/// a throwaway one.
+/// What `info()` declared, and what it attempted on the way.
+pub struct InfoProbe {
+    pub info: ScenarioInfo,
+    /// Audit records of its attempts (every one denied), for the run's log.
+    pub records: Vec<crate::caps::PendingRecord>,
+    pub calls: u64,
+    pub denied: u64,
+}
+
+/// Calls the scenario's `info()` with no capabilities at all: whatever the
+/// policy grants, `info()` may log and read the clock, and every other call
+/// is denied and kept for the audit log. `inspect` and every run start here,
+/// so nothing a plugin does before its first step acts with its grants.
 pub async fn read_info(
     runtime: &Runtime,
     plugin: &crate::runtime::Plugin,
     policy: &Arc<Policy>,
-    plan: bool,
-) -> Result<ScenarioInfo, RunError> {
-    let probe = Arc::new(
-        build_caps(
-            policy,
-            None,
-            crate::caps::state::StateCap::ephemeral(0),
-            plan,
-            None,
-        )
-        .await?,
-    );
-    runtime.info(plugin, &probe).await.map_err(RunError::Info)
+) -> Result<InfoProbe, RunError> {
+    let none = Arc::new(Policy {
+        limits: policy.limits.clone(),
+        ..Policy::deny_all()
+    });
+    let mut probe = build_caps(
+        &none,
+        None,
+        crate::caps::state::StateCap::ephemeral(0),
+        true,
+        None,
+    )
+    .await?;
+    probe.gate = probe.gate.keeping();
+    probe.gate.set_scope(crate::caps::Scope::Info);
+    let probe = Arc::new(probe);
+    let info = runtime.info(plugin, &probe).await.map_err(RunError::Info)?;
+    Ok(InfoProbe {
+        info,
+        records: probe.gate.take_pending(),
+        calls: probe.gate.counters.calls.load(Ordering::Relaxed),
+        denied: probe.gate.counters.denied.load(Ordering::Relaxed),
+    })
 }
 
-pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<RunReport, RunError> {
-    let plugin = runtime.load(wasm)?;
-    if let Some(pin) = &opts.policy.plugin.sha256
-        && !pin.eq_ignore_ascii_case(&plugin.sha256)
-    {
-        return Err(LoadError::PinMismatch {
-            path: wasm.to_path_buf(),
-            expected: pin.clone(),
-            actual: plugin.sha256.clone(),
-        }
-        .into());
+/// The state store a run uses: named by the policy, never by the plugin (a
+/// plugin could declare any scenario's name). With `[plugin] scenario` the
+/// store is that scenario's, and the plugin must declare the same name;
+/// without it the store belongs to this exact component.
+pub fn state_store_name(
+    policy: &Policy,
+    info: &ScenarioInfo,
+    sha256: &str,
+) -> Result<String, RunError> {
+    match &policy.plugin.scenario {
+        Some(name) if *name == info.name => Ok(name.clone()),
+        Some(name) => Err(RunError::Config(format!(
+            "the policy is for scenario {name:?} ([plugin] scenario), but the plugin declares {:?}",
+            info.name
+        ))),
+        None => Ok(format!("sha256-{}", &sha256[..16.min(sha256.len())])),
     }
+}
+
+/// Runs a scenario end to end. Errors are for runs that could not start; a
+/// run that started always ends in a report (and a complete audit log).
+pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<RunReport, RunError> {
+    // A signature is checked before the component's bytes are parsed.
+    let verified = crate::provenance::check_signature(wasm, &opts.policy.plugin)?;
+    let plugin = runtime.load(wasm)?;
+    crate::provenance::check_loaded(
+        wasm,
+        &plugin.sha256,
+        verified.as_deref(),
+        &opts.policy.plugin,
+    )?;
     check_backup_grants(&opts.policy, opts.backups.as_ref())?;
+    check_secrets(&opts.policy)?;
     let policy = Arc::new(opts.policy);
 
-    let info = read_info(runtime, &plugin, &policy, opts.plan).await?;
+    let probe = read_info(runtime, &plugin, &policy).await?;
+    let info = probe.info;
     validate_info(&info).map_err(RunError::Metadata)?;
     let has_inject = info.steps.iter().any(|s| s.phase == Phase::Inject);
     if opts.drill && !has_inject {
@@ -275,11 +315,21 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     let run_id = crate::clock::new_run_id();
     let audit_path = opts.out_dir.join(&run_id).join("audit.jsonl");
     let writer = AuditWriter::create(&audit_path).map_err(|e| RunError::Config(e.to_string()))?;
-    let state = crate::caps::state::StateCap::load(
-        &opts.state_dir,
-        &info.name,
-        policy.limits.state_bytes.0,
-    )
+    let store_name = state_store_name(&policy, &info, &plugin.sha256)?;
+    let state = if opts.plan {
+        // A plan changes nothing: the store is read as it is and never written back.
+        crate::caps::state::StateCap::load_unpersisted(
+            &opts.state_dir,
+            &store_name,
+            policy.limits.state_bytes.0,
+        )
+    } else {
+        crate::caps::state::StateCap::load(
+            &opts.state_dir,
+            &store_name,
+            policy.limits.state_bytes.0,
+        )
+    }
     .map_err(|e| RunError::Config(e.to_string()))?;
     let caps = Arc::new(
         build_caps(
@@ -340,6 +390,18 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
             .collect(),
     );
     caps.gate.record("scenario", meta);
+    // What info() attempted (all denied) goes into the log after the run's header.
+    for (kind, fields) in probe.records {
+        caps.gate.record(&kind, fields);
+    }
+    caps.gate
+        .counters
+        .calls
+        .fetch_add(probe.calls, Ordering::Relaxed);
+    caps.gate
+        .counters
+        .denied
+        .fetch_add(probe.denied, Ordering::Relaxed);
 
     let run_started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -582,6 +644,25 @@ fn measure(
     out
 }
 
+/// Every `env:` secret the policy names must be there before the first
+/// step: a gap found mid-recovery is found too late. (S3 credentials are
+/// resolved when the buckets are opened, also before the first step.)
+pub fn check_secrets(policy: &Policy) -> Result<(), RunError> {
+    for (name, g) in &policy.db {
+        g.url
+            .resolve()
+            .map_err(|e| RunError::Config(format!("policy [db.{name}] url: {e}")))?;
+    }
+    for (name, g) in &policy.exec {
+        for (var, value) in &g.env {
+            value
+                .resolve()
+                .map_err(|e| RunError::Config(format!("policy [exec.{name}] env {var}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// A policy's `[backup.*]` grants need the backup engine, and name its sources.
 fn check_backup_grants(
     policy: &Policy,
@@ -616,7 +697,7 @@ pub async fn build_caps(
             backups,
             grants: policy.backup.clone(),
         },
-        gate: Gate::with_mode(audit, plan).with_sandbox(policy.sandbox_grants()),
+        gate: Gate::with_mode(audit, plan),
         exec: crate::caps::exec::ExecCap {
             grants: policy.exec.clone(),
             base_dir: policy
@@ -653,7 +734,7 @@ struct Runner<'a> {
 impl Runner<'_> {
     async fn step(&mut self, step: &crate::bindings::Step) -> StepResult {
         let gate = &self.caps.gate;
-        gate.set_step(&step.id);
+        gate.set_step(step);
         let mut f = Map::new();
         f.insert("step".into(), step.id.clone().into());
         f.insert("phase".into(), phase_name(step.phase).into());

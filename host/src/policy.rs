@@ -59,6 +59,16 @@ pub struct Policy {
 pub struct PluginSection {
     /// Refuse any component whose sha256 differs (lowercase hex).
     pub sha256: Option<String>,
+    /// The scenario this policy is for. It names the persistent state store
+    /// the plugin sees, and a plugin declaring another name is refused; so a
+    /// plugin can never reach another scenario's store by declaring its name.
+    /// Without it the store belongs to the exact component (its sha256).
+    pub scenario: Option<String>,
+    /// minisign public keys (the base64 line of a `minisign.pub`); when set,
+    /// the component must carry a signature by one of them in
+    /// `<plugin>.minisig` beside it.
+    #[serde(default, rename = "signed-by")]
+    pub signed_by: Vec<String>,
 }
 
 /// Resource limits for the guest.
@@ -88,6 +98,40 @@ impl Default for Limits {
         }
     }
 }
+
+/// A phase of a scenario, as a policy names it (`phases`, `write-phases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseName {
+    Detect,
+    Contain,
+    Backup,
+    Recover,
+    Verify,
+    Inject,
+}
+
+impl fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PhaseName::Detect => "detect",
+            PhaseName::Contain => "contain",
+            PhaseName::Backup => "backup",
+            PhaseName::Recover => "recover",
+            PhaseName::Verify => "verify",
+            PhaseName::Inject => "inject",
+        })
+    }
+}
+
+/// Where a grant may change things when the policy does not say: detection
+/// and verification only read ("verify is read-only even if recover may write").
+pub const DEFAULT_WRITE_PHASES: &[PhaseName] = &[
+    PhaseName::Contain,
+    PhaseName::Backup,
+    PhaseName::Recover,
+    PhaseName::Inject,
+];
 
 /// What an S3 alias may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -133,6 +177,13 @@ pub struct S3Grant {
     /// A drill's inject steps may use this alias (it holds no production data).
     #[serde(default)]
     pub sandbox: bool,
+    /// Phases in which this grant may be used at all (default: every phase).
+    #[serde(default)]
+    pub phases: Option<Vec<PhaseName>>,
+    /// Phases in which it may change things (default: contain, backup,
+    /// recover, inject — detect and verify only read).
+    #[serde(default)]
+    pub write_phases: Option<Vec<PhaseName>>,
     /// Writes may create objects but never replace one (evidence, audit
     /// copies). On S3 pair it with object lock for a guarantee the bucket
     /// itself keeps.
@@ -175,6 +226,13 @@ pub struct DbGrant {
     /// A drill's inject steps may use this connection.
     #[serde(default)]
     pub sandbox: bool,
+    /// Phases in which this grant may be used at all (default: every phase).
+    #[serde(default)]
+    pub phases: Option<Vec<PhaseName>>,
+    /// Phases in which it may change things (default: contain, backup,
+    /// recover, inject — detect and verify only read).
+    #[serde(default)]
+    pub write_phases: Option<Vec<PhaseName>>,
     /// Data-validation queries by name, each counting the rows that violate
     /// an invariant (`db.invariants` runs them; the plugin never sees the SQL
     /// text it did not write).
@@ -214,6 +272,13 @@ pub struct BackupGrant {
     /// A drill's inject steps may use this source.
     #[serde(default)]
     pub sandbox: bool,
+    /// Phases in which this grant may be used at all (default: every phase).
+    #[serde(default)]
+    pub phases: Option<Vec<PhaseName>>,
+    /// Phases in which it may change things (default: contain, backup,
+    /// recover, inject — detect and verify only read).
+    #[serde(default)]
+    pub write_phases: Option<Vec<PhaseName>>,
 }
 
 /// `[exec.<name>]`: one program a plugin may run, with a pattern per
@@ -241,6 +306,13 @@ pub struct ExecGrant {
     /// A drill's inject steps may run it.
     #[serde(default)]
     pub sandbox: bool,
+    /// Phases in which this grant may be used at all (default: every phase).
+    #[serde(default)]
+    pub phases: Option<Vec<PhaseName>>,
+    /// Phases in which it may change things (default: contain, backup,
+    /// recover, inject — detect and verify only read).
+    #[serde(default)]
+    pub write_phases: Option<Vec<PhaseName>>,
 }
 
 fn default_exec_timeout() -> DurationText {
@@ -303,6 +375,9 @@ pub struct NetPolicy {
     /// that the outage they caused took effect).
     #[serde(default)]
     pub sandbox: bool,
+    /// Phases in which `[net]` may be used at all (default: every phase).
+    #[serde(default)]
+    pub phases: Option<Vec<PhaseName>>,
 }
 
 impl NetPolicy {
@@ -377,6 +452,13 @@ pub struct HttpPolicy {
     /// and test doubles, never production endpoints).
     #[serde(default)]
     pub sandbox: Vec<AllowedUrl>,
+    /// Phases in which `[http]` may be used at all (default: every phase).
+    #[serde(default)]
+    pub phases: Option<Vec<PhaseName>>,
+    /// Phases in which requests other than GET, HEAD and OPTIONS are allowed things (default: contain, backup,
+    /// recover, inject — detect and verify only read).
+    #[serde(default)]
+    pub write_phases: Option<Vec<PhaseName>>,
 }
 
 /// A secret: a literal or `env:NAME`, resolved only in the host and never
@@ -752,45 +834,6 @@ impl Policy {
             Some(dir) => dir.join(p),
             None => p.to_path_buf(),
         }
-    }
-
-    /// The grants marked sandbox, named as the gate's decisions name them.
-    pub fn sandbox_grants(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        out.extend(
-            self.s3
-                .iter()
-                .filter(|(_, g)| g.sandbox)
-                .map(|(n, _)| format!("s3.{n}")),
-        );
-        out.extend(
-            self.db
-                .iter()
-                .filter(|(_, g)| g.sandbox)
-                .map(|(n, _)| format!("db.{n}")),
-        );
-        out.extend(
-            self.backup
-                .iter()
-                .filter(|(_, g)| g.sandbox)
-                .map(|(n, _)| format!("backup.{n}")),
-        );
-        out.extend(
-            self.exec
-                .iter()
-                .filter(|(_, g)| g.sandbox)
-                .map(|(n, _)| format!("exec.{n}")),
-        );
-        out.extend(
-            self.http
-                .sandbox
-                .iter()
-                .map(|u| format!("http.allow {}", u.text)),
-        );
-        if self.net.sandbox {
-            out.push("net.allow".into());
-        }
-        out
     }
 
     pub fn max_response_bytes(&self) -> u64 {

@@ -55,6 +55,8 @@ pub enum LoadError {
         expected: String,
         actual: String,
     },
+    #[error("{path} is not signed as the policy requires: {message}")]
+    Unsigned { path: PathBuf, message: String },
 }
 
 /// Why a call into the guest did not return an outcome.

@@ -174,6 +174,8 @@ impl Target {
             secret_access_key: self.secret_access_key.clone(),
             sandbox: false,
             write_once: false,
+            phases: None,
+            write_phases: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! source name; the policy grants operations per source.
 
 use crate::backup::Backups;
-use crate::caps::Decision;
+use crate::caps::{Decision, Grant};
 use crate::policy::{BackupAccess, BackupGrant};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,9 +16,14 @@ pub struct BackupCap {
 impl BackupCap {
     pub fn decide(&self, source: &str, access: BackupAccess, op: &str) -> Decision {
         match self.grants.get(source) {
-            Some(g) if g.access.contains(&access) => {
-                Decision::Allow(format!("backup.{source} access={access}"))
-            }
+            Some(g) if g.access.contains(&access) => Decision::Allow(
+                Grant::on(
+                    format!("backup.{source}"),
+                    g.sandbox,
+                    format!("backup.{source} access={access}"),
+                )
+                .phases(&g.phases, &g.write_phases),
+            ),
             Some(_) => Decision::Deny {
                 needed: format!("backup.{source} access={access}"),
                 message: format!(
@@ -39,7 +44,18 @@ impl BackupCap {
         match self.decide(source, BackupAccess::Restore, "restore") {
             Decision::Allow(g) => match self.grants.get(source) {
                 Some(grant) if grant.restore_to.iter().any(|t| t == to) => {
-                    Decision::Allow(format!("{g} restore-to={to}"))
+                    // The destination is replaced: in a drill it must be a sandbox too.
+                    let to_sandbox = self.grants.get(to).is_some_and(|t| t.sandbox);
+                    Decision::Allow(
+                        g.and(
+                            Grant::on(
+                                format!("backup.{to}"),
+                                to_sandbox,
+                                format!("restore-to={to}"),
+                            )
+                            .phases(&grant.phases, &grant.write_phases),
+                        ),
+                    )
                 }
                 _ => Decision::Deny {
                     needed: format!("backup.{source} restore-to={to}"),

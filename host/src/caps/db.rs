@@ -8,16 +8,24 @@
 //!   role attributes, table, sequence, schema and database privileges, TEMP,
 //!   and the large-object functions);
 //! * SQLite opens the file read-only (`SQLITE_OPEN_READONLY`);
-//! * as a second layer every statement is sent alone, as a prepared
-//!   statement, inside a read-only transaction (`START TRANSACTION READ
-//!   ONLY` / `BEGIN READ ONLY`), and SQLite refuses `VACUUM` and `ATTACH`,
-//!   which write files other than the database.
+//! * every `db.query` on a read-only grant, and every one in a read-only
+//!   mode (plan, `drhost test`, `info()`, a step declared not mutating) on
+//!   any grant, is sent alone as a prepared statement inside a transaction
+//!   the engine keeps read-only and that is always rolled back: MariaDB
+//!   `SET SESSION TRANSACTION READ ONLY` + `XA START` (an XA transaction
+//!   refuses `COMMIT` and every statement that would commit implicitly, such
+//!   as DDL, so the read-only transaction cannot be left), PostgreSQL `BEGIN
+//!   READ ONLY`, SQLite a second connection opened read-only;
+//! * every SQLite connection has an authorizer (`sqlite3_set_authorizer`)
+//!   that refuses `ATTACH`/`DETACH` (and so `VACUUM INTO`), extension loading
+//!   and file functions, and every pragma but a list of harmless ones, and a
+//!   limit of 0 attached databases (`sqlite3_limit`).
 //!
 //! See docs/security.md for what this guarantees and where it stops.
 
 use crate::bindings::CapError;
 use crate::bindings::drhost::plugin::db::{Column, Rows, Value};
-use crate::caps::{Decision, Moved, Summarize};
+use crate::caps::{Decision, Grant, Moved, Summarize};
 use crate::policy::{DbAccess, DbGrant, Policy};
 use futures::TryStreamExt;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
@@ -39,6 +47,9 @@ struct Conn {
     name: String,
     grant: DbGrant,
     pool: OnceCell<Result<Pool, String>>,
+    /// SQLite only: the same file opened read-only, for read-only modes on a
+    /// read-write grant.
+    read_pool: OnceCell<Result<Pool, String>>,
 }
 
 pub struct DbCap {
@@ -84,6 +95,7 @@ impl DbCap {
                             name: name.clone(),
                             grant: grant.clone(),
                             pool: OnceCell::new(),
+                            read_pool: OnceCell::new(),
                         },
                     )
                 })
@@ -113,7 +125,14 @@ impl DbCap {
                     "db.execute on {name:?} needs read-write access, but [db.{name}] is read-only"
                 ),
             },
-            Some(c) => Decision::Allow(format!("db.{name} access={}", c.grant.access)),
+            Some(c) => Decision::Allow(
+                Grant::on(
+                    format!("db.{name}"),
+                    c.grant.sandbox,
+                    format!("db.{name} access={}", c.grant.access),
+                )
+                .phases(&c.grant.phases, &c.grant.write_phases),
+            ),
         }
     }
 
@@ -122,8 +141,26 @@ impl DbCap {
             .conns
             .get(name)
             .ok_or_else(|| CapError::Denied(format!("no connection {name:?}")))?;
+        let ro = conn.grant.access == DbAccess::ReadOnly;
         conn.pool
-            .get_or_init(|| conn.connect())
+            .get_or_init(|| conn.connect(ro))
+            .await
+            .as_ref()
+            .map_err(|e| CapError::Unavailable(e.clone()))
+    }
+
+    /// The pool for a read-only query: the grant's own, except for SQLite on
+    /// a read-write grant, whose file is opened a second time, read-only.
+    async fn read_pool(&self, name: &str) -> Result<&Pool, CapError> {
+        let pool = self.pool(name).await?;
+        let Some(conn) = self.conns.get(name) else {
+            return Ok(pool);
+        };
+        if !matches!(pool, Pool::Sqlite(_)) || conn.grant.access == DbAccess::ReadOnly {
+            return Ok(pool);
+        }
+        conn.read_pool
+            .get_or_init(|| conn.connect(true))
             .await
             .as_ref()
             .map_err(|e| CapError::Unavailable(e.clone()))
@@ -151,7 +188,7 @@ impl DbCap {
             .unwrap_or_default();
         let mut out = Vec::with_capacity(queries.len());
         for (check, sql) in queries {
-            let rows = self.query(name, &sql, &[]).await?;
+            let rows = self.query(name, &sql, &[], true).await?;
             let n = match rows.rows.first().and_then(|r| r.first()) {
                 Some(Value::Int(n)) => u64::try_from(*n).ok(),
                 Some(Value::Text(t)) => t.trim().parse().ok(),
@@ -194,9 +231,22 @@ impl DbCap {
         Ok(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 
-    pub async fn query(&self, name: &str, sql: &str, params: &[Value]) -> Result<Rows, CapError> {
-        let pool = self.pool(name).await?;
-        let ro = self.read_only(name);
+    /// Runs one query. `read_only_mode` (plan, `drhost test`, a step not
+    /// declared mutating) makes the engine refuse writes even on a
+    /// read-write grant; a read-only grant always runs that way.
+    pub async fn query(
+        &self,
+        name: &str,
+        sql: &str,
+        params: &[Value],
+        read_only_mode: bool,
+    ) -> Result<Rows, CapError> {
+        let ro = read_only_mode || self.read_only(name);
+        let pool = if ro {
+            self.read_pool(name).await?
+        } else {
+            self.pool(name).await?
+        };
         let limits = Limits {
             rows: self.row_cap(name),
             bytes: self.max_bytes,
@@ -205,36 +255,56 @@ impl DbCap {
         match pool {
             Pool::MySql(p) => {
                 let mut c = p.acquire().await.map_err(unavailable(name))?;
-                if ro {
-                    sqlx::raw_sql("START TRANSACTION READ ONLY")
-                        .execute(&mut *c)
-                        .await
-                        .map_err(db_error(name))?;
+                if !ro {
+                    let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                    return collect(q.fetch(&mut *c), &limits, mysql_value).await;
                 }
+                // An XA transaction refuses COMMIT and every statement that
+                // commits implicitly (DDL, LOCK TABLES, FLUSH…), so the
+                // statement cannot leave the read-only transaction; the
+                // session default covers anything a procedure starts.
+                let xid = format!("drhost-ro-{}", crate::clock::new_run_id());
+                let begin = format!("SET SESSION TRANSACTION READ ONLY; XA START '{xid}'");
+                sqlx::raw_sql(AssertSqlSafe(begin))
+                    .execute(&mut *c)
+                    .await
+                    .map_err(db_error(name))?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let r = collect(q.fetch(&mut *c), &limits, mysql_value).await;
-                if ro {
-                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await;
+                let mut end = format!("XA END '{xid}'; XA ROLLBACK '{xid}'");
+                if !self.read_only(name) {
+                    end.push_str("; SET SESSION TRANSACTION READ WRITE");
+                }
+                if sqlx::raw_sql(AssertSqlSafe(end))
+                    .execute(&mut *c)
+                    .await
+                    .is_err()
+                {
+                    // The session is in a state we did not leave it in: never reuse it.
+                    let _ = c.close().await;
                 }
                 r
             }
             Pool::Pg(p) => {
                 let mut c = p.acquire().await.map_err(unavailable(name))?;
-                if ro {
-                    sqlx::raw_sql("BEGIN READ ONLY")
-                        .execute(&mut *c)
-                        .await
-                        .map_err(db_error(name))?;
+                if !ro {
+                    let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                    return collect(q.fetch(&mut *c), &limits, pg_value).await;
                 }
+                // One prepared statement cannot both end this transaction and
+                // write, and inside it PostgreSQL refuses every write.
+                sqlx::raw_sql("BEGIN READ ONLY")
+                    .execute(&mut *c)
+                    .await
+                    .map_err(db_error(name))?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let r = collect(q.fetch(&mut *c), &limits, pg_value).await;
-                if ro {
-                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await;
+                if sqlx::raw_sql("ROLLBACK").execute(&mut *c).await.is_err() {
+                    let _ = c.close().await;
                 }
                 r
             }
             Pool::Sqlite(p) => {
-                sqlite_screen(sql, ro)?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 collect(q.fetch(p), &limits, sqlite_value).await
             }
@@ -253,7 +323,6 @@ impl DbCap {
                 q_exec!(q, p, name)
             }
             Pool::Sqlite(p) => {
-                sqlite_screen(sql, false)?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 q_exec!(q, p, name)
             }
@@ -313,8 +382,12 @@ fn db_error(name: &str) -> impl Fn(sqlx::Error) -> CapError + '_ {
                 || lower.contains("readonly")
                 || lower.contains("read only")
                 || lower.contains("permission")
+                || lower.contains("not authorized")
+                || lower.contains("too many attached databases")
                 || code == "42501"
-                || code == "25006";
+                || code == "25006"
+                || code == "XAE07"
+                || code == "23";
             if refused {
                 CapError::Denied(format!("the database refused it on {name:?}: {msg}"))
             } else {
@@ -514,116 +587,15 @@ fn sqlite_value(row: &SqliteRow, i: usize) -> Result<Value, String> {
     })
 }
 
-/// SQLite-only screening. sqlx runs every statement of a string on SQLite,
-/// so a second statement is refused here; VACUUM (INTO) and ATTACH write
-/// files other than the read-only database and are refused on read-only
-/// connections.
-fn sqlite_screen(sql: &str, read_only: bool) -> Result<(), CapError> {
-    let stripped = strip_sql_comments(sql);
-    let statements: Vec<&str> = split_statements(&stripped)
-        .into_iter()
-        .filter(|s| !s.trim().is_empty())
-        .collect();
-    if statements.len() > 1 {
-        return Err(CapError::Invalid(format!(
-            "{} statements in one call: send exactly one statement per call",
-            statements.len()
-        )));
-    }
-    if read_only {
-        let first = statements
-            .first()
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or("")
-            .to_ascii_uppercase();
-        if matches!(first.as_str(), "VACUUM" | "ATTACH" | "DETACH") {
-            return Err(CapError::Denied(format!(
-                "{first} is refused on a read-only SQLite connection: it writes files other than the database"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Removes `--` and `/* */` comments outside of quotes.
-fn strip_sql_comments(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    let mut quote: Option<char> = None;
-    while let Some(c) = chars.next() {
-        if let Some(q) = quote {
-            out.push(c);
-            if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            '\'' | '"' | '`' => {
-                quote = Some(c);
-                out.push(c);
-            }
-            '[' => {
-                quote = Some(']');
-                out.push(c);
-            }
-            '-' if chars.peek() == Some(&'-') => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                out.push(' ');
-            }
-            '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut prev = '\0';
-                for c in chars.by_ref() {
-                    if prev == '*' && c == '/' {
-                        break;
-                    }
-                    prev = c;
-                }
-                out.push(' ');
-            }
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
-/// Splits on `;` outside of quotes.
-fn split_statements(sql: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut quote: Option<char> = None;
-    let mut start = 0;
-    for (i, c) in sql.char_indices() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None => match c {
-                '\'' | '"' | '`' => quote = Some(c),
-                '[' => quote = Some(']'),
-                ';' => {
-                    parts.push(&sql[start..i]);
-                    start = i + 1;
-                }
-                _ => {}
-            },
-        }
-    }
-    parts.push(&sql[start..]);
-    parts
-}
-
 impl Conn {
-    async fn connect(&self) -> Result<Pool, String> {
+    /// Connects; `ro` opens SQLite read-only (servers enforce read-only
+    /// grants by the account, checked here, and per statement).
+    async fn connect(&self, ro: bool) -> Result<Pool, String> {
         let url = self
             .grant
             .url
             .resolve()
             .map_err(|e| format!("[db.{}] url: {e}", self.name))?;
-        let ro = self.grant.access == DbAccess::ReadOnly;
         let name = &self.name;
         // Errors from sqlx can echo the URL; never let it (and its password) out.
         let scrub = |e: sqlx::Error| scrub_secret(&e.to_string(), &url);
@@ -678,6 +650,13 @@ impl Conn {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(CONNECT_TIMEOUT)
+                    .after_connect(move |c, _| {
+                        Box::pin(async move {
+                            let mut h = c.lock_handle().await?;
+                            sqlite_guard::install(h.as_raw_handle(), ro);
+                            Ok(())
+                        })
+                    })
                     .connect_with(opts)
                     .await
                     .map_err(|e| format!("[db.{name}]: cannot open: {}", scrub(e)))?;
@@ -868,16 +847,180 @@ mod tests {
                 .is_some()
         );
     }
+}
 
-    #[test]
-    fn sqlite_screen_refuses_second_statements_and_file_writers() {
-        assert!(sqlite_screen("SELECT 1", true).is_ok());
-        assert!(sqlite_screen("SELECT ';' -- ; comment\n", true).is_ok());
-        assert!(sqlite_screen("SELECT 1;", true).is_ok());
-        assert!(sqlite_screen("SELECT 1; DELETE FROM t", false).is_err());
-        assert!(sqlite_screen("COMMIT; INSERT INTO t VALUES (1)", true).is_err());
-        assert!(sqlite_screen("/* x */ VACUUM INTO '/tmp/x.db'", true).is_err());
-        assert!(sqlite_screen("attach database 'x.db' as x", true).is_err());
-        assert!(sqlite_screen("VACUUM", false).is_ok());
+/// SQLite enforced by SQLite: an authorizer and limits on every connection,
+/// so no spelling of a statement gets past them (the text is never read).
+mod sqlite_guard {
+    use libsqlite3_sys as ffi;
+    use std::ffi::{CStr, c_char, c_int, c_void};
+    use std::ptr::NonNull;
+
+    /// Pragmas that only report, with or without an argument.
+    const READ_PRAGMAS: &[&str] = &[
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "database_list",
+        "collation_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+        "compile_options",
+        "data_version",
+        "freelist_count",
+        "page_count",
+    ];
+    /// Pragmas that read without an argument and set with one.
+    const SETTING_PRAGMAS: &[&str] = &[
+        "user_version",
+        "application_id",
+        "schema_version",
+        "page_size",
+        "encoding",
+        "journal_mode",
+        "foreign_keys",
+        "defer_foreign_keys",
+        "recursive_triggers",
+        "auto_vacuum",
+    ];
+    /// Settings a read-write grant may change: they alter this connection or
+    /// the database's own header, never other files.
+    const RW_SETTINGS: &[&str] = &[
+        "user_version",
+        "application_id",
+        "foreign_keys",
+        "defer_foreign_keys",
+        "recursive_triggers",
+    ];
+    /// Functions that reach the file system or load code.
+    const REFUSED_FUNCTIONS: &[&str] = &[
+        "load_extension",
+        "readfile",
+        "writefile",
+        "edit",
+        "fts3_tokenizer",
+    ];
+
+    fn text<'a>(p: *const c_char) -> Option<&'a str> {
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: SQLite passes NUL-terminated strings that live for the call.
+        unsafe { CStr::from_ptr(p) }.to_str().ok()
+    }
+
+    fn decide(read_only: bool, action: c_int, a1: Option<&str>, a2: Option<&str>) -> c_int {
+        let lower = |s: Option<&str>| s.unwrap_or_default().to_ascii_lowercase();
+        match action {
+            // ATTACH is also how VACUUM INTO writes its copy.
+            ffi::SQLITE_ATTACH | ffi::SQLITE_DETACH => ffi::SQLITE_DENY,
+            ffi::SQLITE_FUNCTION if REFUSED_FUNCTIONS.contains(&lower(a2).as_str()) => {
+                ffi::SQLITE_DENY
+            }
+            ffi::SQLITE_PRAGMA => {
+                let name = lower(a1);
+                let allowed = READ_PRAGMAS.contains(&name.as_str())
+                    || (SETTING_PRAGMAS.contains(&name.as_str())
+                        && (a2.is_none() || (!read_only && RW_SETTINGS.contains(&name.as_str()))));
+                if allowed {
+                    ffi::SQLITE_OK
+                } else {
+                    ffi::SQLITE_DENY
+                }
+            }
+            ffi::SQLITE_CREATE_TEMP_TABLE
+            | ffi::SQLITE_CREATE_TEMP_INDEX
+            | ffi::SQLITE_CREATE_TEMP_TRIGGER
+            | ffi::SQLITE_CREATE_TEMP_VIEW
+            | ffi::SQLITE_CREATE_VTABLE
+                if read_only =>
+            {
+                ffi::SQLITE_DENY
+            }
+            _ => ffi::SQLITE_OK,
+        }
+    }
+
+    unsafe extern "C" fn authorize(
+        user: *mut c_void,
+        action: c_int,
+        a1: *const c_char,
+        a2: *const c_char,
+        _db: *const c_char,
+        _inner: *const c_char,
+    ) -> c_int {
+        // The user pointer is only a flag: non-null means read-only.
+        decide(!user.is_null(), action, text(a1), text(a2))
+    }
+
+    /// Installs the authorizer and limits on a fresh connection.
+    pub fn install(db: NonNull<ffi::sqlite3>, read_only: bool) {
+        let flag: *mut c_void = if read_only {
+            NonNull::<c_void>::dangling().as_ptr()
+        } else {
+            std::ptr::null_mut()
+        };
+        // SAFETY: `db` is a live connection handle held locked by sqlx for
+        // this call; the callback is a plain function and the user pointer is
+        // never dereferenced.
+        unsafe {
+            ffi::sqlite3_set_authorizer(db.as_ptr(), Some(authorize), flag);
+            ffi::sqlite3_limit(db.as_ptr(), ffi::SQLITE_LIMIT_ATTACHED, 0);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn file_reaching_actions_are_refused_on_every_connection() {
+            for ro in [true, false] {
+                assert_eq!(
+                    decide(ro, ffi::SQLITE_ATTACH, Some("/x.db"), None),
+                    ffi::SQLITE_DENY
+                );
+                assert_eq!(
+                    decide(ro, ffi::SQLITE_DETACH, Some("o"), None),
+                    ffi::SQLITE_DENY
+                );
+                assert_eq!(
+                    decide(ro, ffi::SQLITE_FUNCTION, None, Some("LOAD_EXTENSION")),
+                    ffi::SQLITE_DENY
+                );
+                assert_eq!(
+                    decide(ro, ffi::SQLITE_PRAGMA, Some("writable_schema"), Some("1")),
+                    ffi::SQLITE_DENY
+                );
+                assert_eq!(
+                    decide(ro, ffi::SQLITE_PRAGMA, Some("table_info"), Some("t")),
+                    ffi::SQLITE_OK
+                );
+            }
+            assert_eq!(
+                decide(true, ffi::SQLITE_PRAGMA, Some("query_only"), Some("0")),
+                ffi::SQLITE_DENY
+            );
+            assert_eq!(
+                decide(true, ffi::SQLITE_PRAGMA, Some("foreign_keys"), Some("1")),
+                ffi::SQLITE_DENY
+            );
+            assert_eq!(
+                decide(false, ffi::SQLITE_PRAGMA, Some("foreign_keys"), Some("1")),
+                ffi::SQLITE_OK
+            );
+            assert_eq!(
+                decide(true, ffi::SQLITE_PRAGMA, Some("user_version"), None),
+                ffi::SQLITE_OK
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! outlives its timeout (or the step's budget) is killed with its whole
 //! process group.
 
-use super::{Decision, Moved, Summarize};
+use super::{Decision, Grant, Moved, Summarize};
 use crate::bindings::CapError;
 use crate::policy::ExecGrant;
 use std::collections::BTreeMap;
@@ -60,7 +60,14 @@ impl ExecCap {
                     needed: format!("exec.{name} args"),
                     message: format!("exec.run {name:?}: {why} (see [exec.{name}] args)"),
                 },
-                None => Decision::Allow(format!("exec.{name} program={}", g.program.display())),
+                None => Decision::Allow(
+                    Grant::on(
+                        format!("exec.{name}"),
+                        g.sandbox,
+                        format!("exec.{name} program={}", g.program.display()),
+                    )
+                    .phases(&g.phases, &g.write_phases),
+                ),
             },
         }
     }

@@ -10,7 +10,7 @@
 //! Redirects are not followed by the host: a guest that follows one makes a
 //! new request, which is checked like any other.
 
-use crate::caps::{Call, Caps, Decision};
+use crate::caps::{Call, Caps, Decision, Grant};
 use crate::policy::HttpPolicy;
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -186,7 +186,18 @@ impl WasiHttpHooks for Hooks {
                             *request.uri_mut() = u;
                         }
                     }
-                    Decision::Allow(t.grant)
+                    // The entry is a sandbox one when `[http] sandbox` lists it too.
+                    let sandbox = caps
+                        .http
+                        .policy
+                        .sandbox
+                        .iter()
+                        .any(|u| format!("http.allow {}", u.text) == t.grant);
+                    let p = &caps.http.policy;
+                    Decision::Allow(
+                        Grant::on("http.allow", sandbox, t.grant)
+                            .phases(&p.phases, &p.write_phases),
+                    )
                 }
                 Err(message) => Decision::Deny {
                     needed: format!("http.allow \"{scheme}://{host}:{port}{path}\""),

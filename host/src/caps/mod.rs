@@ -6,6 +6,11 @@
 //! implementation in `host.rs`). The binding never touches a backend
 //! directly: it asks the [`Gate`] to check the grant, run the call, and write
 //! the audit record, so no capability can forget any of the three.
+//!
+//! Modes are the gate's business, not the plugin's: the [`Scope`] of the
+//! call (`info()`, a declared step, a drill's inject step) and the run's plan
+//! mode decide whether an allowed grant may be used *now*, and whether reads
+//! must run read-only in the engine (see [`Gate::read_only`]).
 
 pub mod backup;
 pub mod db;
@@ -17,8 +22,9 @@ pub mod s3;
 pub mod state;
 
 use crate::audit::AuditWriter;
-use crate::bindings::CapError;
+use crate::bindings::{CapError, Phase};
 use crate::policy::Policy;
+use crate::policy::{DEFAULT_WRITE_PHASES, PhaseName};
 use serde_json::{Map, Value, json};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +41,14 @@ pub struct Call {
     /// Summary of arguments, secrets never included.
     pub args: Map<String, Value>,
     pub mutating: bool,
+    /// Writes only scratch space of its own (a backup verification restores
+    /// into a staging database): allowed where reads are, but not in a plan,
+    /// which changes nothing anywhere.
+    pub scratch: bool,
+    /// The grant to name when the provider itself refuses the call (e.g. a
+    /// write-once alias that already holds the key, or a database that
+    /// refuses a statement); the allowing grant is kept beside it.
+    pub refused_needs: Option<String>,
 }
 
 impl Call {
@@ -45,7 +59,15 @@ impl Call {
             target: target.into(),
             args: Map::new(),
             mutating: false,
+            scratch: false,
+            refused_needs: None,
         }
+    }
+
+    /// What the audit record names when the provider refuses the call.
+    pub fn refused_needs(mut self, needed: impl Into<String>) -> Self {
+        self.refused_needs = Some(needed.into());
+        self
     }
 
     pub fn arg(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -57,14 +79,157 @@ impl Call {
         self.mutating = true;
         self
     }
+
+    /// See [`Call::scratch`].
+    pub fn scratch(mut self) -> Self {
+        self.scratch = true;
+        self
+    }
+}
+
+/// One resource a grant lets a call touch, with the policy's marks on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// `s3.primary`, `db.main`, `backup.app`, `exec.restart`, `net.allow`,
+    /// `http.allow`.
+    pub name: String,
+    /// `sandbox = true`: a drill's inject steps may use it.
+    pub sandbox: bool,
+    /// `phases`: where it may be used at all (None: every phase).
+    pub phases: Option<Vec<PhaseName>>,
+    /// `write-phases`: where it may change things.
+    pub write_phases: Vec<PhaseName>,
+}
+
+impl Resource {
+    /// Why this resource may not be used so in `phase`, if it may not.
+    fn refuses(&self, phase: PhaseName, mutating: bool) -> Option<Decision> {
+        let name = &self.name;
+        if let Some(phases) = &self.phases
+            && !phases.contains(&phase)
+        {
+            return Some(Decision::Deny {
+                needed: format!("{name} phases += {phase}"),
+                message: format!(
+                    "[{name}] may be used only in phases {}; add \"{phase}\" to its phases to use it in a {phase} step",
+                    list(phases)
+                ),
+            });
+        }
+        if mutating && !self.write_phases.contains(&phase) {
+            return Some(Decision::Deny {
+                needed: format!("{name} write-phases += {phase}"),
+                message: format!(
+                    "[{name}] may change things only in phases {}, and this is a {phase} step (detect and verify read by default); add \"{phase}\" to its write-phases if this step must change something",
+                    list(&self.write_phases)
+                ),
+            });
+        }
+        None
+    }
+}
+
+fn list(phases: &[PhaseName]) -> String {
+    phases
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The policy name of a phase.
+pub fn phase_name(p: Phase) -> PhaseName {
+    match p {
+        Phase::Detect => PhaseName::Detect,
+        Phase::Contain => PhaseName::Contain,
+        Phase::Backup => PhaseName::Backup,
+        Phase::Recover => PhaseName::Recover,
+        Phase::Verify => PhaseName::Verify,
+        Phase::Inject => PhaseName::Inject,
+    }
+}
+
+/// The grant that allows a call, as typed values: the text the audit record
+/// names, and the resources the gate decides modes from. Each capability
+/// builds it from its policy section; the gate never parses text back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// As the audit record names it (`s3.primary access=write`).
+    pub text: String,
+    pub resources: Vec<Resource>,
+}
+
+impl Grant {
+    /// A grant on one resource, usable in every phase, writing where the
+    /// default allows (see [`Grant::phases`]).
+    pub fn on(resource: impl Into<String>, sandbox: bool, text: impl Into<String>) -> Self {
+        Grant {
+            text: text.into(),
+            resources: vec![Resource {
+                name: resource.into(),
+                sandbox,
+                phases: None,
+                write_phases: DEFAULT_WRITE_PHASES.to_vec(),
+            }],
+        }
+    }
+
+    /// The policy's `phases` and `write-phases` for this grant's resources.
+    pub fn phases(
+        mut self,
+        phases: &Option<Vec<PhaseName>>,
+        write_phases: &Option<Vec<PhaseName>>,
+    ) -> Self {
+        for r in &mut self.resources {
+            r.phases.clone_from(phases);
+            if let Some(w) = write_phases {
+                r.write_phases.clone_from(w);
+            }
+        }
+        self
+    }
+
+    /// Something every plugin has (`state`): no resource of the policy's.
+    pub fn always(text: impl Into<String>) -> Self {
+        Grant {
+            text: text.into(),
+            resources: Vec::new(),
+        }
+    }
+
+    /// A call that needs both grants (a copy's source and destination, a
+    /// restore's source and destination).
+    pub fn and(mut self, other: Grant) -> Self {
+        self.text = format!("{}; {}", self.text, other.text);
+        self.resources.extend(other.resources);
+        self
+    }
+
+    /// The first resource not marked `sandbox = true`, if any.
+    fn outside_sandbox(&self) -> Option<&str> {
+        self.resources
+            .iter()
+            .find(|r| !r.sandbox)
+            .map(|r| r.name.as_str())
+    }
 }
 
 /// The policy's answer: the grant that allows the call, or why not.
 pub enum Decision {
-    /// Allowed by this grant (e.g. `s3.primary access=read`).
-    Allow(String),
+    /// Allowed by this grant.
+    Allow(Grant),
     /// Denied; `needed` is the grant that would allow it, `message` says why.
     Deny { needed: String, message: String },
+}
+
+impl Decision {
+    /// Both decisions must allow; the first denial wins.
+    pub fn and(self, other: Decision) -> Decision {
+        match (self, other) {
+            (Decision::Allow(a), Decision::Allow(b)) => Decision::Allow(a.and(b)),
+            (d @ Decision::Deny { .. }, _) | (_, d @ Decision::Deny { .. }) => d,
+        }
+    }
 }
 
 /// What moved, for the audit record.
@@ -108,18 +273,50 @@ pub struct Counters {
     pub denied: AtomicU64,
 }
 
+/// Where the plugin is when it calls: this decides what it may do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Library use that drives steps directly, with no declaration to hold
+    /// them to (the run, `drhost test` and drills always set a scope).
+    Unscoped,
+    /// `info()`: log and clock only. Every capability call is denied, so
+    /// `inspect` and the start of a run never act with the policy's grants.
+    Info,
+    /// A declared step: a step declared `mutating: false` may make no
+    /// mutating call, and its reads run read-only in the engine.
+    Step {
+        id: String,
+        phase: Phase,
+        mutating: bool,
+    },
+}
+
+impl Scope {
+    fn step_id(&self) -> &str {
+        match self {
+            Scope::Unscoped => "",
+            Scope::Info => "info",
+            Scope::Step { id, .. } => id,
+        }
+    }
+}
+
+/// A record kept in memory while no audit log exists yet (`info()` runs
+/// before the run's log is opened); the run writes them into its log.
+pub type PendingRecord = (String, Map<String, Value>);
+
 /// Checks, runs and records every capability call of a run.
 pub struct Gate {
-    /// Plan mode: mutating calls are recorded, not executed.
+    /// Plan mode (`--plan`, `drhost test`): mutating calls are recorded, not
+    /// executed, and reads run read-only in the engine.
     plan: bool,
     audit: Mutex<Option<AuditWriter>>,
-    step: Mutex<String>,
+    /// Records made without a log, when the gate keeps them (see [`Gate::keeping`]).
+    pending: Mutex<Option<Vec<PendingRecord>>>,
+    scope: Mutex<Scope>,
     pub counters: Counters,
     /// A drill's inject step is running: only sandbox grants may be used.
     inject: AtomicBool,
-    /// Grants marked `sandbox = true`, as the decisions name them
-    /// (`s3.alias`, `db.name`, `exec.name`, `backup.source`, `http.allow URL`).
-    sandbox: Vec<String>,
 }
 
 impl Gate {
@@ -133,17 +330,11 @@ impl Gate {
         Gate {
             plan,
             audit: Mutex::new(audit),
-            step: Mutex::new(String::new()),
+            pending: Mutex::new(None),
+            scope: Mutex::new(Scope::Unscoped),
             counters: Counters::default(),
             inject: AtomicBool::new(false),
-            sandbox: Vec::new(),
         }
-    }
-
-    /// The grants a drill's inject steps may use.
-    pub fn with_sandbox(mut self, sandbox: Vec<String>) -> Self {
-        self.sandbox = sandbox;
-        self
     }
 
     /// Marks the start (true) or end (false) of an inject step.
@@ -151,46 +342,85 @@ impl Gate {
         self.inject.store(on, Ordering::SeqCst);
     }
 
-    /// Whether every part of an allowing grant is a sandbox grant. A backup
-    /// restore also replaces its `restore-to` source, which must be one too.
-    fn sandboxed(&self, grant: &str) -> Result<(), String> {
-        for part in grant.split("; ") {
-            if part.starts_with("state ") {
-                continue;
-            }
-            let resource = part.split(' ').next().unwrap_or(part);
-            let ok = self
-                .sandbox
-                .iter()
-                .any(|s| part == s || resource == s.as_str());
-            if !ok {
-                return Err(resource.to_string());
-            }
-            if let Some(to) = part.split(" restore-to=").nth(1) {
-                let to = format!("backup.{to}");
-                if !self.sandbox.contains(&to) {
-                    return Err(to);
-                }
-            }
+    /// A gate that keeps its records in memory when it has no log, for the
+    /// caller to write into the run's log later (`info()` runs first).
+    pub fn keeping(self) -> Self {
+        if let Ok(mut p) = self.pending.lock() {
+            *p = Some(Vec::new());
         }
-        Ok(())
+        self
     }
 
-    pub fn set_step(&self, step: &str) {
-        if let Ok(mut s) = self.step.lock() {
-            step.clone_into(&mut s);
+    /// The records kept in memory (see [`Gate::keeping`]).
+    pub fn take_pending(&self) -> Vec<PendingRecord> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    /// Sets where the plugin is: `info()` or a declared step.
+    pub fn set_scope(&self, scope: Scope) {
+        if let Ok(mut s) = self.scope.lock() {
+            *s = scope;
         }
     }
 
-    /// Appends a record to the audit log (no-op without a log).
+    /// Enters a declared step.
+    pub fn set_step(&self, step: &crate::bindings::Step) {
+        self.set_scope(Scope::Step {
+            id: step.id.clone(),
+            phase: step.phase,
+            mutating: step.mutating,
+        });
+    }
+
+    fn scope(&self) -> Scope {
+        self.scope.lock().map(|s| s.clone()).unwrap_or(Scope::Info)
+    }
+
+    /// Whether a call under `decision` must read only, in the engine: in
+    /// plan mode, in `info()`, in steps declared `mutating: false`, and in
+    /// phases where the grant may not write (detect and verify by default).
+    /// Providers turn this into the engine's own mechanism (a read-only
+    /// transaction that is always rolled back, a read-only SQLite connection).
+    pub fn read_only(&self, decision: &Decision) -> bool {
+        self.plan
+            || match self.scope() {
+                Scope::Unscoped => false,
+                Scope::Info => true,
+                Scope::Step {
+                    mutating: false, ..
+                } => true,
+                Scope::Step { phase, .. } => match decision {
+                    Decision::Allow(g) => g
+                        .resources
+                        .iter()
+                        .any(|r| !r.write_phases.contains(&phase_name(phase))),
+                    Decision::Deny { .. } => true,
+                },
+            }
+    }
+
+    /// Appends a record to the audit log (kept in memory, or dropped, without one).
     pub fn record(&self, kind: &str, fields: Map<String, Value>) {
         let Ok(mut guard) = self.audit.lock() else {
             return;
         };
-        if let Some(w) = guard.as_mut()
-            && let Err(e) = w.append(kind, fields)
-        {
-            tracing::error!("audit log write failed: {e}");
+        match guard.as_mut() {
+            Some(w) => {
+                if let Err(e) = w.append(kind, fields) {
+                    tracing::error!("audit log write failed: {e}");
+                }
+            }
+            None => {
+                if let Ok(mut p) = self.pending.lock()
+                    && let Some(p) = p.as_mut()
+                {
+                    p.push((kind.to_string(), fields));
+                }
+            }
         }
     }
 
@@ -222,44 +452,96 @@ impl Gate {
     {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let planned = self.plan && call.mutating;
-        let decision = match decision {
-            Decision::Allow(grant) if self.inject.load(Ordering::SeqCst) => {
-                match self.sandboxed(&grant) {
-                    Ok(()) => Decision::Allow(grant),
-                    Err(resource) => Decision::Deny {
-                        needed: format!("{resource} sandbox"),
-                        message: format!(
-                            "a drill's inject step may only use sandbox resources: mark [{resource}] sandbox = true in the drill's policy if it holds no production data"
-                        ),
-                    },
+        let planned = self.plan && (call.mutating || call.scratch);
+        let scope = self.scope();
+        let inject = self.inject.load(Ordering::SeqCst)
+            || matches!(
+                scope,
+                Scope::Step {
+                    phase: Phase::Inject,
+                    ..
                 }
-            }
+            );
+        // A drill's inject step touches sandbox resources only.
+        let decision = match decision {
+            Decision::Allow(grant) if inject => match grant.outside_sandbox() {
+                None => Decision::Allow(grant),
+                Some(resource) => Decision::Deny {
+                    needed: format!("{resource} sandbox"),
+                    message: format!(
+                        "a drill's inject step may only use sandbox resources: mark [{resource}] sandbox = true in the drill's policy if it holds no production data"
+                    ),
+                },
+            },
             d => d,
         };
-        let (grant, result) = match decision {
+        let decision = match (decision, &scope) {
+            // info() declares; it acts on nothing, whatever the policy grants.
+            (_, Scope::Info) => Decision::Deny {
+                needed: "none: info() runs without capabilities".into(),
+                message: format!(
+                    "{}.{} in info(): info() only declares the scenario and may use log and clock, nothing else; do the work in a step",
+                    call.interface, call.op
+                ),
+            },
+            (
+                Decision::Allow(_),
+                Scope::Step {
+                    id,
+                    mutating: false,
+                    ..
+                },
+            ) if call.mutating => Decision::Deny {
+                needed: format!("step {id} declared mutating: true"),
+                message: format!(
+                    "{}.{} changes things, but step {id:?} is declared mutating: false; declare the step mutating if it must change something",
+                    call.interface, call.op
+                ),
+            },
+            (Decision::Allow(grant), Scope::Step { phase, .. }) => grant
+                .resources
+                .iter()
+                .find_map(|r| r.refuses(phase_name(*phase), call.mutating))
+                .unwrap_or(Decision::Allow(grant)),
+            (d, _) => d,
+        };
+        let (grant, result, denied_by_gate) = match decision {
             Decision::Allow(grant) if planned => (
-                grant,
+                grant.text,
                 Err(CapError::Planned(format!(
                     "plan mode: {}.{} on {} was recorded, not executed",
                     call.interface, call.op, call.target
                 ))),
+                false,
             ),
-            Decision::Allow(grant) => (grant, run().await),
+            Decision::Allow(grant) => (grant.text, run().await, false),
             Decision::Deny { needed, message } => {
-                self.counters.denied.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     "denied {}.{} on {}: {message}",
                     call.interface,
                     call.op,
                     call.target
                 );
-                (needed, Err(CapError::Denied(message)))
+                (needed, Err(CapError::Denied(message)), true)
             }
         };
         let denied = matches!(result, Err(CapError::Denied(_)));
+        if denied {
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        // A refusal inside the provider (write-once, the database's own
+        // refusal) is a denial like any other: counted, and recorded with the
+        // grant that would have allowed it beside the one that let it through.
+        let grant = if denied && !denied_by_gate {
+            match &call.refused_needs {
+                Some(needed) => format!("{needed} (allowed by {grant}, refused when run)"),
+                None => format!("{grant} (refused when run)"),
+            }
+        } else {
+            grant
+        };
         let mut f = Map::with_capacity(12);
-        f.insert("step".into(), Value::String(self.current_step()));
+        f.insert("step".into(), Value::String(scope.step_id().to_string()));
         f.insert("interface".into(), Value::String(call.interface.into()));
         f.insert("op".into(), Value::String(call.op.into()));
         f.insert("target".into(), Value::String(call.target));
@@ -297,10 +579,6 @@ impl Gate {
         }
         self.record("call", f);
         result
-    }
-
-    fn current_step(&self) -> String {
-        self.step.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 

@@ -1,6 +1,6 @@
 //! `net`: name resolution and TCP probes, for the hosts `[net] allow` lists.
 
-use super::{Decision, Summarize};
+use super::{Decision, Grant, Summarize};
 use crate::bindings::CapError;
 use crate::policy::NetPolicy;
 use std::time::{Duration, Instant};
@@ -14,7 +14,14 @@ impl Summarize for Vec<String> {}
 impl NetCap {
     pub fn decide(&self, host: &str, port: Option<u16>) -> Decision {
         match self.policy.allows(host, port) {
-            Some(entry) => Decision::Allow(format!("net.allow {entry}")),
+            Some(entry) => Decision::Allow(
+                Grant::on(
+                    "net.allow",
+                    self.policy.sandbox,
+                    format!("net.allow {entry}"),
+                )
+                .phases(&self.policy.phases, &None),
+            ),
             None => {
                 let want = port.map_or(host.to_string(), |p| format!("{host}:{p}"));
                 Decision::Deny {

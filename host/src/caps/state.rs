@@ -44,6 +44,14 @@ impl StateCap {
         }
     }
 
+    /// Loads the store of `scenario` for reading and in-memory changes that
+    /// are never written back (plan mode).
+    pub fn load_unpersisted(dir: &Path, scenario: &str, cap: u64) -> Result<Self, StateError> {
+        let mut s = Self::load(dir, scenario, cap)?;
+        s.path = None;
+        Ok(s)
+    }
+
     /// Loads the store of `scenario` from `dir` (missing file: empty store).
     pub fn load(dir: &Path, scenario: &str, cap: u64) -> Result<Self, StateError> {
         let safe: String = scenario

@@ -159,10 +159,10 @@ pub async fn scenario_components(
 ) -> Result<Vec<String>, String> {
     let loaded = runtime.load(plugin).map_err(|e| e.to_string())?;
     let no_grants = Arc::new(crate::policy::Policy::deny_all());
-    let info = crate::orchestrator::read_info(runtime, &loaded, &no_grants, false)
+    let probe = crate::orchestrator::read_info(runtime, &loaded, &no_grants)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(info.components.into_iter().map(|c| c.name).collect())
+    Ok(probe.info.components.into_iter().map(|c| c.name).collect())
 }
 
 /// Locks every key, or none: `Err(key)` names the one another recovery holds.

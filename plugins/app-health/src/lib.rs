@@ -8,7 +8,9 @@
 use drhost_plugin::error::{StepResult, outcome};
 use drhost_plugin::health::HealthCheck;
 use drhost_plugin::scenario::{Scenario, component, detect, minutes, seconds, verify};
-use drhost_plugin::{ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, info, setting};
+use drhost_plugin::{
+    ComponentKind, Finding, Guest, Outcome, Priority, ScenarioInfo, info, setting,
+};
 
 const DEFAULT_URL: &str = "http://127.0.0.1:8080/health";
 

@@ -6,7 +6,7 @@ pub mod remote;
 
 use crate::bindings::CapError;
 use crate::bindings::drhost::plugin::s3 as wit;
-use crate::caps::{Decision, Moved, Summarize};
+use crate::caps::{Decision, Grant, Moved, Summarize};
 use crate::policy::{Policy, S3Access, S3Grant};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -140,7 +140,14 @@ impl Alias {
     pub fn decide(&self, access: S3Access, op: &str) -> Decision {
         let modes: Vec<String> = self.grant.access.iter().map(|a| a.to_string()).collect();
         if self.grant.allows(access) {
-            Decision::Allow(format!("s3.{} access={access}", self.name))
+            Decision::Allow(
+                Grant::on(
+                    format!("s3.{}", self.name),
+                    self.grant.sandbox,
+                    format!("s3.{} access={access}", self.name),
+                )
+                .phases(&self.grant.phases, &self.grant.write_phases),
+            )
         } else {
             Decision::Deny {
                 needed: format!("s3.{} access={access}", self.name),
