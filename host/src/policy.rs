@@ -514,19 +514,24 @@ impl AllowedUrl {
         let port = url
             .port_or_known_default()
             .ok_or_else(|| format!("[http] allow entry {s:?} has no port"))?;
+        // The same normal form as request paths, so that both compare as text.
+        let path_prefix = crate::caps::http::normalize_path(url.path())
+            .map_err(|e| format!("[http] allow entry {s:?}: {e}"))?;
         Ok(AllowedUrl {
             scheme,
             host,
             port,
-            path_prefix: url.path().to_string(),
+            path_prefix,
             is_ip,
             text: s.to_string(),
         })
     }
 
     /// Whether a request to this scheme/host/port/path falls under the entry.
-    /// The path must equal the prefix or continue it at a `/` boundary (or
-    /// the prefix ends in `/`), so `/health` does not allow `/healthz-admin`.
+    /// `path` must be normalised ([`crate::caps::http::normalize_path`]) and
+    /// carry no query. It must equal the prefix or continue it at a `/`
+    /// boundary (or the prefix ends in `/`), so `/health` does not allow
+    /// `/healthz` or `/health-admin`.
     pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
         if self.scheme != scheme || self.host != host || self.port != port {
             return false;
@@ -536,12 +541,7 @@ impl AllowedUrl {
             return true;
         }
         match path.strip_prefix(p) {
-            Some(rest) => {
-                p.ends_with('/')
-                    || rest.is_empty()
-                    || rest.starts_with('/')
-                    || rest.starts_with('?')
-            }
+            Some(rest) => p.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
             None => false,
         }
     }
