@@ -288,9 +288,12 @@ pub struct BackupGrant {
 pub struct ExecGrant {
     /// Absolute path of the program.
     pub program: PathBuf,
-    /// One pattern per argument; `*` matches any run of characters.
+    /// One pattern per argument (see [`ArgPattern`]).
     #[serde(default)]
-    pub args: Vec<String>,
+    pub args: Vec<ArgPattern>,
+    /// A `*` at the start of a pattern may match a leading `-` (an option).
+    #[serde(default)]
+    pub allow_options: bool,
     /// The program is killed after this long ("30s", "2m", "500ms").
     #[serde(default = "default_exec_timeout")]
     pub timeout: DurationText,
@@ -315,6 +318,53 @@ pub struct ExecGrant {
     pub write_phases: Option<Vec<PhaseName>>,
 }
 
+/// One argument pattern of an exec grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgPattern {
+    /// Text where `*` matches any run of characters, except that it never
+    /// matches a control character, a `.` or `..` path segment, nor a
+    /// leading `-` unless the grant sets `allow-options`.
+    Glob(String),
+    /// `{ path-under = "/srv/data" }`: an absolute path that, once `.`, `..`
+    /// and `//` are resolved as text, is that directory or lies in it. The
+    /// program receives the resolved form.
+    PathUnder(PathBuf),
+}
+
+impl fmt::Display for ArgPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgPattern::Glob(p) => write!(f, "{p:?}"),
+            ArgPattern::PathUnder(d) => write!(f, "{{ path-under = {:?} }}", d.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ArgPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ArgPattern;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pattern string or a table { path-under = \"/dir\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ArgPattern, E> {
+                Ok(ArgPattern::Glob(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<ArgPattern, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+                struct Table {
+                    path_under: PathBuf,
+                }
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(ArgPattern::PathUnder(t.path_under))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 fn default_exec_timeout() -> DurationText {
     DurationText(std::time::Duration::from_secs(30))
 }
@@ -326,42 +376,124 @@ fn default_exec_output() -> ByteSize {
 impl ExecGrant {
     /// Why `args` do not fit the grant's patterns, or `None` when they do.
     pub fn mismatch(&self, args: &[String]) -> Option<String> {
+        self.check(args).err()
+    }
+
+    /// The arguments to pass to the program (`path-under` ones in their
+    /// resolved form), or why they do not fit the grant's patterns.
+    pub fn check(&self, args: &[String]) -> Result<Vec<String>, String> {
         if args.len() != self.args.len() {
-            return Some(format!(
-                "{} arguments given, the grant has {} patterns ({:?})",
+            let patterns: Vec<String> = self.args.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "{} arguments given, the grant has {} patterns [{}]",
                 args.len(),
                 self.args.len(),
-                self.args
+                patterns.join(", ")
             ));
         }
         self.args
             .iter()
             .zip(args)
             .enumerate()
-            .find(|(_, (p, a))| !glob_match(p, a))
-            .map(|(i, (p, a))| format!("argument {} {a:?} does not match {p:?}", i + 1))
+            .map(|(i, (p, a))| {
+                let matched = match p {
+                    ArgPattern::Glob(g) => {
+                        arg_glob_match(g, a, self.allow_options).map(|()| a.clone())
+                    }
+                    ArgPattern::PathUnder(dir) => path_under(dir, a),
+                };
+                matched.map_err(|why| format!("argument {} {a:?} does not match {p}: {why}", i + 1))
+            })
+            .collect()
     }
 }
 
-/// `*` matches any run of characters (including none); everything else
-/// matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+/// The text each `*` of `pattern` matched in `text` (the middle ones
+/// leftmost), or `None` when it does not match. A pattern without `*`
+/// matches only itself.
+fn wildcard_spans<'t>(pattern: &str, text: &'t str) -> Option<Vec<&'t str>> {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
-        return pattern == text;
+        return (pattern == text).then(Vec::new);
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
     if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
-        return false;
+        return None;
     }
     let mut rest = &text[first.len()..text.len() - last.len()];
+    let mut spans = Vec::with_capacity(parts.len() - 1);
     for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(i) => rest = &rest[i + part.len()..],
-            None => return false,
+        let i = rest.find(part)?;
+        spans.push(&rest[..i]);
+        rest = &rest[i + part.len()..];
+    }
+    spans.push(rest);
+    Some(spans)
+}
+
+/// `*` matches any run of characters (including none); everything else
+/// matches itself. No restriction on what `*` matches: see [`arg_glob_match`].
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    wildcard_spans(pattern, text).is_some()
+}
+
+fn is_dot_segment(s: &str) -> bool {
+    s == "." || s == ".."
+}
+
+/// Matches an exec argument. Where the pattern has a `*`, the argument may
+/// not hold a `.` or `..` path segment (nor may any `*` match one, so
+/// `--dir=*` refuses `--dir=../x`), no `*` matches a control character, and a
+/// leading `*` matches a leading `-` only with `allow_options`.
+pub fn arg_glob_match(pattern: &str, text: &str, allow_options: bool) -> Result<(), String> {
+    let spans = wildcard_spans(pattern, text).ok_or("the text differs")?;
+    if spans.is_empty() {
+        return Ok(());
+    }
+    if spans.iter().any(|s| s.chars().any(char::is_control)) {
+        return Err("`*` never matches a control character (NUL, newline, …)".into());
+    }
+    if text.split('/').any(is_dot_segment) || spans.iter().any(|s| s.split('/').any(is_dot_segment))
+    {
+        return Err("`*` never matches a '.' or '..' path segment".into());
+    }
+    if text.starts_with('-') && !pattern.starts_with('-') && !allow_options {
+        return Err(
+            "`*` matches a leading '-' (an option) only when the grant sets allow-options = true"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Resolves `.`, `..` and empty segments of an absolute path as text.
+pub fn lexical_normalize(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    let mut out: Vec<&str> = Vec::new();
+    for seg in rest.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
         }
     }
-    true
+    Some(format!("/{}", out.join("/")))
+}
+
+/// The resolved form of `arg` when it is an absolute path in `dir` (itself
+/// resolved at load), or why not. Lexical: the filesystem is not consulted.
+fn path_under(dir: &Path, arg: &str) -> Result<String, String> {
+    if arg.chars().any(char::is_control) {
+        return Err("a path with a control character (NUL, newline, …)".into());
+    }
+    let norm = lexical_normalize(arg).ok_or("not an absolute path")?;
+    if Path::new(&norm).starts_with(dir) {
+        Ok(norm)
+    } else {
+        Err(format!("{norm:?} is not in {}", dir.display()))
+    }
 }
 
 /// `[net]`: hosts the plugin may resolve and probe.
@@ -596,19 +728,24 @@ impl AllowedUrl {
         let port = url
             .port_or_known_default()
             .ok_or_else(|| format!("[http] allow entry {s:?} has no port"))?;
+        // The same normal form as request paths, so that both compare as text.
+        let path_prefix = crate::caps::http::normalize_path(url.path())
+            .map_err(|e| format!("[http] allow entry {s:?}: {e}"))?;
         Ok(AllowedUrl {
             scheme,
             host,
             port,
-            path_prefix: url.path().to_string(),
+            path_prefix,
             is_ip,
             text: s.to_string(),
         })
     }
 
     /// Whether a request to this scheme/host/port/path falls under the entry.
-    /// The path must equal the prefix or continue it at a `/` boundary (or
-    /// the prefix ends in `/`), so `/health` does not allow `/healthz-admin`.
+    /// `path` must be normalised ([`crate::caps::http::normalize_path`]) and
+    /// carry no query. It must equal the prefix or continue it at a `/`
+    /// boundary (or the prefix ends in `/`), so `/health` does not allow
+    /// `/healthz` or `/health-admin`.
     pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
         if self.scheme != scheme || self.host != host || self.port != port {
             return false;
@@ -618,12 +755,7 @@ impl AllowedUrl {
             return true;
         }
         match path.strip_prefix(p) {
-            Some(rest) => {
-                p.ends_with('/')
-                    || rest.is_empty()
-                    || rest.starts_with('/')
-                    || rest.starts_with('?')
-            }
+            Some(rest) => p.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
             None => false,
         }
     }
@@ -791,6 +923,25 @@ impl Policy {
             if g.timeout.0.is_zero() {
                 return Err(format!("[exec.{name}] timeout must be more than 0"));
             }
+            for p in &g.args {
+                match p {
+                    ArgPattern::Glob(t) if t.contains('*') && t.split('/').any(is_dot_segment) => {
+                        return Err(format!(
+                            "[exec.{name}] pattern {t:?} has a '.' or '..' segment: a pattern with '*' never matches one; write the path without it"
+                        ));
+                    }
+                    ArgPattern::PathUnder(d)
+                        if d.to_str().is_none()
+                            || d.to_str().and_then(lexical_normalize).as_deref() != d.to_str() =>
+                    {
+                        return Err(format!(
+                            "[exec.{name}] path-under {:?} must be an absolute path without '.', '..', '//' or a trailing '/'",
+                            d.display()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
         }
         for e in &self.net.allow {
             let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
@@ -906,6 +1057,129 @@ mod tests {
         assert!(glob_match("a*b*c", "aXbYc") && glob_match("*", "") && !glob_match("a*b", "ab-"));
         let err = Policy::parse("[exec.x]\nprogram = \"sh\"\n").unwrap_err();
         assert!(err.contains("absolute path"), "{err}");
+    }
+
+    fn exec_grant(toml_args: &str, extra: &str) -> ExecGrant {
+        let p = Policy::parse(&format!(
+            "[exec.x]\nprogram = \"/bin/x\"\nargs = {toml_args}\n{extra}"
+        ))
+        .unwrap();
+        p.exec["x"].clone()
+    }
+
+    fn one(g: &ExecGrant, a: &str) -> Result<Vec<String>, String> {
+        g.check(&[a.to_string()])
+    }
+
+    #[test]
+    fn star_does_not_match_dot_segments_or_control_characters() {
+        let g = exec_grant(r#"["/srv/data/*"]"#, "");
+        assert!(one(&g, "/srv/data/a.sql").is_ok());
+        assert!(one(&g, "/srv/data/2026/a..b").is_ok());
+        for a in [
+            "/srv/data/../../etc/shadow",
+            "/srv/data/..",
+            "/srv/data/.",
+            "/srv/data/./x",
+            "/srv/data/a/../../x",
+            "/srv/data/x/..",
+            "/srv/data/a\0b",
+            "/srv/data/a\nb",
+        ] {
+            let err = one(&g, a).unwrap_err();
+            assert!(err.contains("argument 1"), "{a}: {err}");
+        }
+        // The segment starts where the `*` does: `--dir=*` refuses `--dir=../x`.
+        let g = exec_grant(r#"["--dir=*"]"#, "");
+        assert!(one(&g, "--dir=backups").is_ok());
+        assert!(one(&g, "--dir=../x").is_err());
+        assert!(one(&g, "--dir=..").is_err());
+        // An empty `*` between literal dots cannot make a `..` either.
+        let g = exec_grant(r#"["/srv/data/.*."]"#, "");
+        assert!(one(&g, "/srv/data/..").is_err());
+        assert!(one(&g, "/srv/data/.a.").is_ok());
+    }
+
+    #[test]
+    fn star_matches_a_leading_dash_only_when_options_are_allowed() {
+        let g = exec_grant(r#"["*"]"#, "");
+        assert!(one(&g, "db1").is_ok());
+        let err = one(&g, "--output=/etc/passwd").unwrap_err();
+        assert!(err.contains("allow-options"), "{err}");
+        assert!(one(&g, "-").is_err());
+        let g = exec_grant(r#"["*"]"#, "allow-options = true\n");
+        assert!(one(&g, "--verbose").is_ok());
+        // A pattern that starts with '-' names its option itself.
+        let g = exec_grant(r#"["--since=*", "-n"]"#, "");
+        assert!(g.check(&["--since=1h".into(), "-n".into()]).is_ok());
+        assert!(g.check(&["--since=-1h".into(), "-n".into()]).is_ok());
+        assert!(g.check(&["--until=1h".into(), "-n".into()]).is_err());
+    }
+
+    #[test]
+    fn path_under_resolves_as_text_and_passes_the_resolved_path() {
+        let g = exec_grant(r#"["dump", { path-under = "/srv/data" }]"#, "");
+        let a = |v: &str| g.check(&["dump".to_string(), v.to_string()]);
+        assert_eq!(a("/srv/data/x/../y.sql").unwrap()[1], "/srv/data/y.sql");
+        assert_eq!(a("/srv/data//a/./b").unwrap()[1], "/srv/data/a/b");
+        assert_eq!(a("/srv/data").unwrap()[1], "/srv/data");
+        for bad in [
+            "/srv/data/../../etc/shadow",
+            "/srv/data/..",
+            "/srv/database",
+            "/srv/data2/x",
+            "srv/data/x",
+            "data/x",
+            "-rf",
+            "/srv/data/a\0",
+        ] {
+            let err = a(bad).unwrap_err();
+            assert!(
+                err.contains("argument 2") && err.contains("path-under"),
+                "{bad}: {err}"
+            );
+        }
+        for bad in [
+            r#"[{ path-under = "srv" }]"#,
+            r#"[{ path-under = "/srv/../etc" }]"#,
+            r#"[{ path-under = "/srv/data/" }]"#,
+            r#"[{ path-undr = "/srv" }]"#,
+            r#"["./run-*.sh"]"#,
+            r#"["/srv/*/../x"]"#,
+        ] {
+            let r = Policy::parse(&format!("[exec.x]\nprogram = \"/bin/x\"\nargs = {bad}\n"));
+            assert!(r.is_err(), "{bad}");
+        }
+        // Literal patterns keep matching exactly, dots included.
+        let g = exec_grant(r#"["../x", "-n", "100"]"#, "");
+        assert!(g.check(&["../x".into(), "-n".into(), "100".into()]).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn what_star_allows_stays_under_its_directory(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "..", ".", "", "a", "-", "-rf", "\0", "..a", "etc", "shadow", "/", "//",
+                ]),
+                0..8,
+            ),
+            lead in proptest::sample::select(vec!["/srv/data/", "/srv/data", "-", "", "/srv/"]),
+        ) {
+            let arg = format!("{lead}{}", parts.join("/"));
+            let g = exec_grant(r#"["/srv/data/*"]"#, "");
+            if one(&g, &arg).is_ok() {
+                let n = lexical_normalize(&arg).unwrap_or_default();
+                proptest::prop_assert!(Path::new(&n).starts_with("/srv/data"), "{arg:?} -> {n}");
+                proptest::prop_assert!(!arg.starts_with('-'));
+                proptest::prop_assert!(!arg.contains('\0'));
+            }
+            let any = exec_grant(r#"["*"]"#, "");
+            if one(&any, &arg).is_ok() {
+                proptest::prop_assert!(!arg.starts_with('-'));
+                proptest::prop_assert!(!arg.split('/').any(is_dot_segment), "{arg:?}");
+            }
+        }
     }
 
     #[test]

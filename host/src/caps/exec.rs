@@ -1,8 +1,10 @@
 //! `exec`: allow-listed programs. The grant names the exact program and a
-//! pattern per argument; no shell is involved, the environment is empty but
-//! for PATH and what the grant sets, output is capped, and a program that
-//! outlives its timeout (or the step's budget) is killed with its whole
-//! process group.
+//! pattern per argument: a `*` never matches a `.`/`..` segment, a control
+//! character or (unless the grant allows options) a leading `-`, and a
+//! `path-under` argument is resolved as text and passed resolved. No shell
+//! is involved, the environment is empty but for PATH and what the grant
+//! sets, output is capped, and a program that outlives its timeout (or the
+//! step's budget) is killed with its whole process group.
 
 use super::{Decision, Grant, Moved, Summarize};
 use crate::bindings::CapError;
@@ -83,8 +85,13 @@ impl ExecCap {
             .grants
             .get(name)
             .ok_or_else(|| CapError::Denied(format!("no program {name:?}")))?;
+        // Checked again here: the program gets the arguments in the form
+        // that was matched (a `path-under` argument resolved).
+        let args = g
+            .check(args)
+            .map_err(|why| CapError::Denied(format!("exec.run {name:?}: {why}")))?;
         let mut cmd = tokio::process::Command::new(&g.program);
-        cmd.args(args)
+        cmd.args(&args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .stdin(Stdio::null())
@@ -154,4 +161,41 @@ async fn read_capped(stream: Option<impl AsyncRead + Unpin>, cap: usize) -> (Str
         }
     }
     (String::from_utf8_lossy(&kept).into_owned(), truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    fn cap(toml: &str) -> ExecCap {
+        ExecCap {
+            grants: Policy::parse(toml).unwrap().exec,
+            base_dir: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_program_receives_the_resolved_path_and_nothing_unchecked() {
+        let c = cap(
+            "[exec.echo]\nprogram = \"/bin/echo\"\nargs = [\"*\", { path-under = \"/srv/data\" }]\n",
+        );
+        let args = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+        let t = Duration::from_secs(10);
+        let out = c
+            .run("echo", &args("dump", "/srv/data/x/../y.sql"), t)
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, "dump /srv/data/y.sql\n");
+        assert!(matches!(
+            c.decide("echo", &args("-e", "/srv/data/y")),
+            Decision::Deny { .. }
+        ));
+        // run checks again, whatever decide said.
+        let err = c
+            .run("echo", &args("dump", "/srv/data/../../etc/shadow"), t)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CapError::Denied(_)), "{err:?}");
+    }
 }

@@ -9,6 +9,10 @@
 //! that was checked (no second DNS lookup to race). Responses are capped.
 //! Redirects are not followed by the host: a guest that follows one makes a
 //! new request, which is checked like any other.
+//!
+//! Paths are normalised before they are matched (see [`normalize_path`]) and
+//! the request that leaves is rebuilt from the normalised path, so what a
+//! server receives is exactly what the allow list was checked against.
 
 use crate::caps::{Call, Caps, Decision, Grant};
 use crate::policy::HttpPolicy;
@@ -32,6 +36,150 @@ pub struct Target {
     /// The address to connect to, pinned for plain HTTP.
     pub pin: Option<SocketAddr>,
     pub grant: String,
+    /// The normalised path that was matched: the one to send.
+    pub path: String,
+}
+
+/// Why a request path is refused before any allow entry is looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path {0:?} does not start with '/'")]
+    NotAbsolute(String),
+    #[error(
+        "the path {path:?} contains {what}, which servers read differently; send the plain, unencoded form"
+    )]
+    Ambiguous { path: String, what: &'static str },
+}
+
+/// Percent-decodes `%XX` escapes; `None` when one is malformed.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// One segment in canonical form: escapes of unreserved characters
+/// (RFC 3986 2.3) decoded, the others kept with uppercase hex. Refuses what
+/// some server could read as a separator, a dot segment or a string end.
+fn canonical_segment(path: &str, seg: &str) -> Result<String, PathError> {
+    let amb = |what| PathError::Ambiguous {
+        path: path.to_string(),
+        what,
+    };
+    let mut out = String::with_capacity(seg.len());
+    let mut rest = seg;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let hex = rest
+            .get(i + 1..i + 3)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| amb("a '%' that does not start an escape"))?;
+        let byte = u8::from_str_radix(hex, 16).map_err(|_| amb("a malformed escape"))?;
+        match byte {
+            b'/' => return Err(amb("an encoded '/' (%2F)")),
+            b'\\' => return Err(amb("an encoded '\\' (%5C)")),
+            // A lenient server decodes twice: %252e becomes '.'.
+            b'%' => return Err(amb("an encoded '%' (%25, double encoding)")),
+            b'\0' => return Err(amb("an encoded NUL (%00)")),
+            b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                out.push(char::from(b))
+            }
+            _ => {
+                out.push('%');
+                out.push_str(&hex.to_ascii_uppercase());
+            }
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    if (out == "." || out == "..") && seg != out {
+        return Err(amb("a percent-encoded dot segment (%2e)"));
+    }
+    // What the segment means once every escape is decoded (the only
+    // remaining escapes are of reserved and non-ASCII bytes).
+    let decoded = percent_decode(&out).ok_or_else(|| amb("a malformed escape"))?;
+    let decoded = String::from_utf8(decoded)
+        .map_err(|_| amb("percent-encoded bytes that are not UTF-8 (e.g. an overlong '.')"))?;
+    if decoded.chars().any(crate::caps::s3::keys::invisible) {
+        return Err(amb("a control or invisible character"));
+    }
+    if decoded.chars().any(crate::caps::s3::keys::is_lookalike) {
+        return Err(amb("a character that imitates '/', '\\' or '.'"));
+    }
+    if decoded.contains('\\') {
+        return Err(amb("a backslash"));
+    }
+    use unicode_normalization::UnicodeNormalization;
+    if decoded.nfkc().ne(decoded.chars()) {
+        return Err(amb("Unicode that is not in NFKC (e.g. a fullwidth '.')"));
+    }
+    // `..;x` is `..` to Tomcat, `.. ` and `...` to Windows: only the plain
+    // `.` and `..` are dot segments, and they are resolved by the caller.
+    let head = decoded.split(';').next().unwrap_or_default();
+    if out != "." && out != ".." && !head.is_empty() && head.chars().all(|c| c == '.' || c == ' ') {
+        return Err(amb(
+            "a segment of only dots and spaces, which some servers read as '..'",
+        ));
+    }
+    Ok(out)
+}
+
+/// Normalises a request path (no query) before it is matched: `.` and `..`
+/// resolved as RFC 3986 5.2.4 says, escapes of unreserved characters decoded,
+/// the other escapes upper-cased. Anything a server could read otherwise is
+/// refused rather than guessed at: encoded `/`, `\`, `%` and NUL, encoded dot
+/// segments, backslashes, empty segments (`//`, kept only at the end as a
+/// trailing `/`), control and invisible characters, non-NFKC Unicode and
+/// look-alikes of `/` and `.`.
+pub fn normalize_path(path: &str) -> Result<String, PathError> {
+    if path.is_empty() {
+        return Ok("/".into());
+    }
+    let Some(body) = path.strip_prefix('/') else {
+        return Err(PathError::NotAbsolute(path.to_string()));
+    };
+    let amb = |what| PathError::Ambiguous {
+        path: path.to_string(),
+        what,
+    };
+    if path.contains('\\') {
+        return Err(amb("a backslash"));
+    }
+    if path.chars().any(crate::caps::s3::keys::invisible) {
+        return Err(amb("a control or invisible character"));
+    }
+    let segs: Vec<&str> = body.split('/').collect();
+    let last = segs.len() - 1;
+    let mut out: Vec<String> = Vec::with_capacity(segs.len());
+    for (i, seg) in segs.iter().enumerate() {
+        let seg = canonical_segment(path, seg)?;
+        match seg.as_str() {
+            "." | ".." => {
+                if seg == ".." {
+                    out.pop();
+                }
+                // `/a/b/..` is `/a/`: a final dot segment leaves a directory.
+                if i == last {
+                    out.push(String::new());
+                }
+            }
+            "" if i != last => return Err(amb("an empty segment ('//')")),
+            _ => out.push(seg),
+        }
+    }
+    Ok(format!("/{}", out.join("/")))
 }
 
 /// Whether an address is public unicast (what a listed host name may resolve to by default).
@@ -75,6 +223,9 @@ impl HttpCap {
         port: u16,
         path: &str,
     ) -> Result<Target, String> {
+        let path = normalize_path(path)
+            .map_err(|e| format!("{scheme}://{host}:{port}: {e}; the request is refused"))?;
+        let path = path.as_str();
         let host_lc = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -105,6 +256,7 @@ impl HttpCap {
             return Ok(Target {
                 pin: Some(SocketAddr::new(ip, port)),
                 grant,
+                path: path.to_string(),
             });
         }
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host_lc.as_str(), port))
@@ -125,8 +277,32 @@ impl HttpCap {
         Ok(Target {
             pin: Some(addrs[0]),
             grant,
+            path: path.to_string(),
         })
     }
+}
+
+/// The URI a request is sent with: the normalised path that was matched and
+/// the query as given; for plain HTTP the authority is the address that was
+/// checked, so no second lookup can redirect the connection.
+pub fn outgoing_uri(uri: &http::Uri, scheme: &str, t: &Target) -> Result<http::Uri, String> {
+    let authority = match t.pin {
+        Some(pin) if scheme == "http" => pin.to_string(),
+        _ => uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or("the URL has no host")?,
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{}?{q}", t.path),
+        None => t.path.clone(),
+    };
+    http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The wasi:http hooks of one store: every request goes through the gate.
@@ -172,32 +348,29 @@ impl WasiHttpHooks for Hooks {
             }
             let decision = match caps.http.decide(&scheme, &host, port, &path).await {
                 Ok(t) => {
-                    if scheme == "http"
-                        && let Some(pin) = t.pin
-                    {
-                        // Connect to the address we checked, not to a second lookup.
-                        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                        if let Ok(u) = http::Uri::builder()
-                            .scheme("http")
-                            .authority(pin.to_string())
-                            .path_and_query(pq)
-                            .build()
-                        {
+                    let built = outgoing_uri(&uri, &scheme, &t);
+                    match built {
+                        Ok(u) => {
+                            if t.path != path {
+                                call = call.arg("sent-path", t.path.as_str());
+                            }
                             *request.uri_mut() = u;
+                            // A sandbox entry when `[http] sandbox` lists it too.
+                            let p = &caps.http.policy;
+                            let sandbox = p
+                                .sandbox
+                                .iter()
+                                .any(|e| format!("http.allow {}", e.text) == t.grant);
+                            Decision::Allow(
+                                Grant::on("http.allow", sandbox, t.grant)
+                                    .phases(&p.phases, &p.write_phases),
+                            )
                         }
+                        Err(e) => Decision::Deny {
+                            needed: format!("http.allow \"{scheme}://{host}:{port}{path}\""),
+                            message: format!("cannot rebuild the request URL {url}: {e}"),
+                        },
                     }
-                    // The entry is a sandbox one when `[http] sandbox` lists it too.
-                    let sandbox = caps
-                        .http
-                        .policy
-                        .sandbox
-                        .iter()
-                        .any(|u| format!("http.allow {}", u.text) == t.grant);
-                    let p = &caps.http.policy;
-                    Decision::Allow(
-                        Grant::on("http.allow", sandbox, t.grant)
-                            .phases(&p.phases, &p.write_phases),
-                    )
                 }
                 Err(message) => Decision::Deny {
                     needed: format!("http.allow \"{scheme}://{host}:{port}{path}\""),
@@ -348,6 +521,193 @@ mod tests {
             cap("[http]\nallow = [\"http://localhost:8080/\"]\naddresses = [\"127.0.0.0/8\"]\n");
         let err = c.decide("http", "127.0.0.1", 8080, "/").await.unwrap_err();
         assert!(err.contains("must be listed as itself"), "{err}");
+    }
+
+    const HEALTH: &str = "[http]\nallow = [\"http://127.0.0.1:8080/health\"]\n";
+
+    #[tokio::test]
+    async fn path_tricks_do_not_leave_the_grant() {
+        let c = cap(HEALTH);
+        for p in [
+            "/health/../admin",
+            "/health/%2e%2e/admin",
+            "/health/..%2fadmin",
+            "/health/%2E%2E/admin",
+            "//health/x",
+            "/health//x",
+            "/health/.%2e/admin",
+            "/health/%2e./admin",
+            "/health/%2e/x",
+            "/health\\..\\admin",
+            "/health/..%5cadmin",
+            "/health/%252e%252e/admin",
+            "/health/%252f",
+            "/health/..;/admin",
+            "/health/%2e%2e;x/admin",
+            "/health/..%3b/admin",
+            "/health/.../admin",
+            "/health/..%20/admin",
+            "/health/%00/x",
+            "/health/a%0ab",
+            "/health/%c0%ae%c0%ae/admin",    // overlong UTF-8 '.'
+            "/health/%ef%bc%8e%ef%bc%8e/x",  // fullwidth '.'
+            "/health/%e2%88%95..%e2%88%95x", // division slash
+            "/health/%",
+            "/health/%zz",
+            "health",
+        ] {
+            let err = c.decide("http", "127.0.0.1", 8080, p).await.unwrap_err();
+            assert!(
+                err.contains("not on the [http] allow list") || err.contains("refused"),
+                "{p}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_allowed_path_is_the_normalised_one() {
+        let c = cap(HEALTH);
+        for (asked, sent) in [
+            ("/health", "/health"),
+            ("/health/", "/health/"),
+            ("/health/db", "/health/db"),
+            ("/health/x/../db", "/health/db"),
+            ("/health/./db", "/health/db"),
+            ("/health/db/..", "/health/"),
+            ("/admin/../health/db", "/health/db"),
+            ("/../health", "/health"),
+            ("/health/%7euser/%41", "/health/~user/A"),
+            ("/health/a%3bb%2c", "/health/a%3Bb%2C"),
+            ("/health/caf%C3%A9", "/health/caf%C3%A9"),
+        ] {
+            let t = c.decide("http", "127.0.0.1", 8080, asked).await.unwrap();
+            assert_eq!(t.path, sent, "{asked}");
+        }
+    }
+
+    #[tokio::test]
+    async fn prefixes_match_whole_segments() {
+        let c = cap(HEALTH);
+        for p in ["/healthz", "/health-admin", "/health.json", "/healt", "/"] {
+            assert!(c.decide("http", "127.0.0.1", 8080, p).await.is_err(), "{p}");
+        }
+        let c = cap("[http]\nallow = [\"http://127.0.0.1:8080/health/\"]\n");
+        assert!(
+            c.decide("http", "127.0.0.1", 8080, "/health/x")
+                .await
+                .is_ok()
+        );
+        assert!(
+            c.decide("http", "127.0.0.1", 8080, "/health/")
+                .await
+                .is_ok()
+        );
+        assert!(
+            c.decide("http", "127.0.0.1", 8080, "/health")
+                .await
+                .is_err()
+        );
+        assert!(
+            c.decide("http", "127.0.0.1", 8080, "/healthz")
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn grants_are_normalised_like_requests() {
+        let p = Policy::parse("[http]\nallow = [\"http://h/a/%7Eb/./c/../d\"]\n").unwrap();
+        assert_eq!(p.http.allow[0].path_prefix, "/a/~b/d");
+        let err = Policy::parse("[http]\nallow = [\"http://h/a%2fb\"]\n").unwrap_err();
+        assert!(err.contains("%2F"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_request_sent_carries_the_matched_path_and_the_query_as_given() {
+        let c = cap(HEALTH);
+        let uri: http::Uri = "http://127.0.0.1:8080/health/x/../db?next=../../admin&p=%2e%2e"
+            .parse()
+            .unwrap();
+        let t = c
+            .decide("http", "127.0.0.1", 8080, uri.path())
+            .await
+            .unwrap();
+        let out = outgoing_uri(&uri, "http", &t).unwrap();
+        assert_eq!(
+            out.to_string(),
+            "http://127.0.0.1:8080/health/db?next=../../admin&p=%2e%2e"
+        );
+        // The query plays no part in matching.
+        let uri: http::Uri = "http://127.0.0.1:8080/admin?/health".parse().unwrap();
+        assert!(
+            c.decide("http", "127.0.0.1", 8080, uri.path())
+                .await
+                .is_err()
+        );
+    }
+
+    /// What a lenient server makes of a path: escapes decoded until nothing
+    /// changes, `\` read as `/`, `;params` dropped, dot segments resolved,
+    /// empty segments collapsed.
+    fn lenient(path: &str) -> Vec<String> {
+        let mut p = path.to_string();
+        for _ in 0..8 {
+            let d = percent_encoding::percent_decode_str(&p)
+                .decode_utf8_lossy()
+                .into_owned();
+            if d == p {
+                break;
+            }
+            p = d;
+        }
+        let mut out: Vec<String> = Vec::new();
+        for seg in p.replace('\\', "/").split('/') {
+            let seg = seg
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches([' ', '\0']);
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    out.pop();
+                }
+                s if s.chars().all(|c| c == '.') => {
+                    out.pop();
+                }
+                s => out.push(s.to_string()),
+            }
+        }
+        out
+    }
+
+    fn under_health(segs: &[String]) -> bool {
+        segs.first().is_some_and(|s| s == "health")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn whatever_is_allowed_stays_under_the_grant_for_a_lenient_server(
+            segs in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "..", ".", "%2e", "%2E", "%2e%2e", ".%2e", "%2f", "%2F", "%5c", "\\",
+                    "", "a", "health", "admin", "healthz", "%252e", "%252f", "%25",
+                    "..;", ";", "%3b", "%00", "...", "%c0%ae", "%41", "x%2e",
+                ]),
+                0..8,
+            ),
+        ) {
+            let path = format!("/{}", segs.join("/"));
+            let grant = crate::policy::AllowedUrl::parse("http://h/health").unwrap();
+            if let Ok(n) = normalize_path(&path)
+                && grant.matches("http", "h", 80, &n)
+            {
+                proptest::prop_assert!(under_health(&lenient(&n)), "{path} -> {n}");
+                proptest::prop_assert!(under_health(&lenient(&path)), "{path} -> {n}");
+                proptest::prop_assert_eq!(normalize_path(&n).ok(), Some(n.clone()));
+            }
+        }
     }
 
     #[test]

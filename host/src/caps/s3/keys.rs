@@ -28,7 +28,13 @@ const LOOKALIKES: &[char] = &[
     '\u{FE52}', // small full stop
 ];
 
-fn invisible(c: char) -> bool {
+/// Whether `c` imitates `/`, `\` or `.` (shared with the HTTP path check).
+pub fn is_lookalike(c: char) -> bool {
+    LOOKALIKES.contains(&c)
+}
+
+/// Control and invisible characters (shared with the HTTP path check).
+pub fn invisible(c: char) -> bool {
     c.is_control()
         || matches!(c,
             '\u{00AD}'                 // soft hyphen
@@ -66,7 +72,7 @@ pub fn validate_key(key: &str) -> Result<(), String> {
             c as u32
         ));
     }
-    if let Some(c) = key.chars().find(|c| LOOKALIKES.contains(c)) {
+    if let Some(c) = key.chars().find(|c| is_lookalike(*c)) {
         return Err(format!(
             "{key:?} contains U+{:04X}, which imitates a path separator or dot",
             c as u32

@@ -207,9 +207,15 @@ impl S3Cap {
         let mut aliases = BTreeMap::new();
         for (name, grant) in &policy.s3 {
             let backend: Arc<dyn Backend> = match (&grant.path, &grant.bucket) {
+                // Rooted at the prefix's folder: a symlink in the bucket
+                // cannot reach another alias's objects.
                 (Some(path), _) => Arc::new(
-                    local::LocalBucket::open(&policy.resolve_path(path))
-                        .map_err(|e| format!("[s3.{name}]: {e}"))?,
+                    local::LocalBucket::open_at(
+                        &policy.resolve_path(path),
+                        &grant.prefix,
+                        grant.allows(S3Access::Write),
+                    )
+                    .map_err(|e| format!("[s3.{name}]: {e}"))?,
                 ),
                 (None, Some(bucket)) => Arc::new(
                     remote::S3Bucket::connect(bucket, grant)
