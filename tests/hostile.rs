@@ -891,3 +891,217 @@ async fn a_grant_limited_to_some_phases_cannot_be_used_in_others() {
     assert_eq!(get["decision"], "deny");
     assert_eq!(get["grant"], "s3.primary phases += verify", "{get}");
 }
+
+// ---- URLs, keys and arguments that try to climb out -------------------------------
+
+/// An HTTP server that records the path of every request and answers 200.
+async fn path_recorder() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&paths);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(path) = head.split_whitespace().nth(1) {
+                    seen.lock().unwrap().push(path.to_string());
+                }
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, paths)
+}
+
+#[tokio::test]
+async fn http_path_tricks_never_reach_a_path_outside_the_grant() {
+    let (port, paths) = path_recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps(
+        &format!("[http]\nallow = [\"http://127.0.0.1:{port}/health\"]\n"),
+        dir.path(),
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    // The grant itself works.
+    ok(&caps, "http.get", &[("url", &format!("{base}/health"))]).await;
+    for trick in [
+        "/health/../admin",
+        "/health/%2e%2e/admin",
+        "/health/%2E%2E/admin",
+        "/health/..%2fadmin",
+        "/health/..%2Fadmin",
+        "/health/.%2e/admin",
+        "/health/%2e./admin",
+        "/health\\..\\admin",
+        "/health/..\\admin",
+        "//health/../admin",
+        "/health//../../admin",
+        "/health/%252e%252e/admin",
+        "/health/..;/admin",
+        "/health/%00/../admin",
+        "/healthz",
+        "/health-admin",
+        "/health%2f..%2fadmin",
+        "/./admin",
+        "/admin/../health/../admin",
+    ] {
+        let url = format!("{base}{trick}");
+        let _ = step(&caps, "http.get", &[("url", &url)]).await;
+    }
+    let seen = paths.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    for p in &seen {
+        assert!(
+            p == "/health" || p.starts_with("/health/"),
+            "a request reached {p}: {seen:?}"
+        );
+        assert!(!p.contains(".."), "a dot segment was sent: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn s3_symlinks_inside_a_local_bucket_never_reach_another_prefix() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(bucket.join("allowed")).unwrap();
+    std::fs::create_dir_all(bucket.join("secret")).unwrap();
+    std::fs::write(bucket.join("secret/s.txt"), "SECRET").unwrap();
+    std::fs::write(bucket.join("allowed/ok.txt"), "fine").unwrap();
+    symlink("../secret", bucket.join("allowed/dir")).unwrap();
+    symlink("../secret/s.txt", bucket.join("allowed/file")).unwrap();
+    symlink(bucket.join("secret/s.txt"), bucket.join("allowed/abs")).unwrap();
+    symlink("..", bucket.join("allowed/up")).unwrap();
+    symlink("/etc/passwd", bucket.join("allowed/passwd")).unwrap();
+    let caps = caps(
+        &format!(
+            "[s3.a]\npath = \"{}\"\nprefix = \"allowed/\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n",
+            bucket.display()
+        ),
+        dir.path(),
+    )
+    .await;
+    let body = ok(&caps, "s3.get", &[("alias", "a"), ("key", "ok.txt")]).await;
+    assert_eq!(get(&body, "body"), Some("fine"));
+    for key in ["dir/s.txt", "file", "abs", "up/secret/s.txt", "passwd"] {
+        if let Ok(drhost::bindings::Outcome::Ok(f)) =
+            step(&caps, "s3.get", &[("alias", "a"), ("key", key)]).await
+        {
+            let f: Vec<_> = f.into_iter().map(|f| (f.key, f.value)).collect();
+            panic!("{key} was read: {f:?}")
+        }
+    }
+    // Writes through the links do not land in another prefix.
+    for key in ["dir/new.txt", "up/secret/new.txt"] {
+        let _ = step(
+            &caps,
+            "s3.put",
+            &[("alias", "a"), ("key", key), ("body", "planted")],
+        )
+        .await;
+    }
+    let _ = step(
+        &caps,
+        "s3.put",
+        &[("alias", "a"), ("key", "file"), ("body", "x")],
+    )
+    .await;
+    let mut secret: Vec<_> = std::fs::read_dir(bucket.join("secret"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    secret.sort();
+    assert_eq!(secret, ["s.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(bucket.join("secret/s.txt")).unwrap(),
+        "SECRET"
+    );
+    // A listing does not wander through them either.
+    let listed = ok(&caps, "s3.list", &[("alias", "a"), ("prefix", "")]).await;
+    for k in all(&listed, "key") {
+        assert!(!k.contains("s.txt"), "listed {k}");
+    }
+}
+
+#[tokio::test]
+async fn a_fifo_planted_in_a_local_bucket_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let fifo = std::ffi::CString::new(bucket.join("pipe").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let caps = caps(
+        &format!(
+            "[s3.a]\npath = \"{}\"\naccess = [\"read\"]\n",
+            bucket.display()
+        ),
+        dir.path(),
+    )
+    .await;
+    // The step's own budget (20 s) would stop a blocked read only after it;
+    // the read must fail rather than block.
+    let why = failed(&caps, "s3.get", &[("alias", "a"), ("key", "pipe")]).await;
+    assert!(!why.is_empty());
+}
+
+#[tokio::test]
+async fn exec_patterns_never_let_an_argument_climb_out_or_become_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "inside").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "SECRET").unwrap();
+    let caps = caps(
+        &format!(
+            "[exec.cat]\nprogram = \"/bin/cat\"\nargs = [\"{}/*\"]\n",
+            data.display()
+        ),
+        dir.path(),
+    )
+    .await;
+    let d = data.display().to_string();
+    let f = ok(
+        &caps,
+        "exec.run",
+        &[("name", "cat"), ("arg", &format!("{d}/a.txt"))],
+    )
+    .await;
+    assert_eq!(get(&f, "stdout"), Some("inside"));
+    for climb in [
+        format!("{d}/../secret.txt"),
+        format!("{d}/./../secret.txt"),
+        format!("{d}/x/../../secret.txt"),
+        format!("{d}/.."),
+        format!("{d}//../secret.txt"),
+    ] {
+        if let Ok(drhost::bindings::Outcome::Ok(f)) =
+            step(&caps, "exec.run", &[("name", "cat"), ("arg", &climb)]).await
+        {
+            let f: Vec<_> = f.into_iter().map(|f| (f.key, f.value)).collect();
+            panic!("{climb} was allowed: {f:?}");
+        }
+    }
+    // `*` alone never matches an option.
+    let caps = caps_with(
+        "[exec.echo]\nprogram = \"/bin/echo\"\nargs = [\"*\"]\n",
+        dir.path(),
+        false,
+        None,
+    )
+    .await;
+    for option in ["-n", "--help", "-e\\x41"] {
+        let why = failed(&caps, "exec.run", &[("name", "echo"), ("arg", option)]).await;
+        assert!(why.starts_with("denied"), "{option}: {why}");
+    }
+}

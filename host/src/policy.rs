@@ -1248,4 +1248,60 @@ mod tests {
         let s = Secret::literal("mysql://root:hunter2@db/x");
         assert!(!format!("{s:?}").contains("hunter2"));
     }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const ACCESS: [&str; 4] = ["read", "list", "write", "delete"];
+
+        proptest! {
+            /// Any text either parses or is refused with a message; it never panics.
+            #[test]
+            fn any_text_parses_or_is_refused(text in "\\PC{0,300}") {
+                let _ = Policy::parse(&text);
+            }
+
+            /// Policy-shaped text with random keys, values and sections.
+            #[test]
+            fn policy_shaped_text_parses_or_is_refused(
+                lines in proptest::collection::vec(
+                    prop_oneof![
+                        Just("[s3.a]".to_string()),
+                        Just("[db.b]".to_string()),
+                        Just("[exec.c]".to_string()),
+                        Just("[http]".to_string()),
+                        Just("[plugin]".to_string()),
+                        "[a-z-]{1,12} = \"[ -~]{0,20}\"",
+                        "[a-z-]{1,12} = \\[(\"[a-z/*.:-]{0,12}\", ?){0,3}\\]",
+                        "[a-z-]{1,12} = (true|false|[0-9]{1,4})",
+                    ],
+                    0..12,
+                )
+            ) {
+                let _ = Policy::parse(&lines.join("\n"));
+            }
+
+            /// An alias grants exactly the access modes it lists, nothing else.
+            #[test]
+            fn an_alias_grants_exactly_what_it_lists(mask in 1u8..16, path in "[a-z]{1,8}") {
+                let listed: Vec<&str> = ACCESS
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, a)| *a)
+                    .collect();
+                let text = format!(
+                    "[s3.x]\npath = \"{path}\"\naccess = [{}]\n",
+                    listed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")
+                );
+                let p = Policy::parse(&text).expect("valid policy");
+                let g = &p.s3["x"];
+                for (a, mode) in ACCESS.iter().zip([S3Access::Read, S3Access::List, S3Access::Write, S3Access::Delete]) {
+                    prop_assert_eq!(g.allows(mode), listed.contains(a));
+                }
+                prop_assert!(p.db.is_empty() && p.exec.is_empty() && p.http.allow.is_empty());
+            }
+        }
+    }
 }

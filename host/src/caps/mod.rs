@@ -454,57 +454,8 @@ impl Gate {
         let start = Instant::now();
         let planned = self.plan && (call.mutating || call.scratch);
         let scope = self.scope();
-        let inject = self.inject.load(Ordering::SeqCst)
-            || matches!(
-                scope,
-                Scope::Step {
-                    phase: Phase::Inject,
-                    ..
-                }
-            );
-        // A drill's inject step touches sandbox resources only.
-        let decision = match decision {
-            Decision::Allow(grant) if inject => match grant.outside_sandbox() {
-                None => Decision::Allow(grant),
-                Some(resource) => Decision::Deny {
-                    needed: format!("{resource} sandbox"),
-                    message: format!(
-                        "a drill's inject step may only use sandbox resources: mark [{resource}] sandbox = true in the drill's policy if it holds no production data"
-                    ),
-                },
-            },
-            d => d,
-        };
-        let decision = match (decision, &scope) {
-            // info() declares; it acts on nothing, whatever the policy grants.
-            (_, Scope::Info) => Decision::Deny {
-                needed: "none: info() runs without capabilities".into(),
-                message: format!(
-                    "{}.{} in info(): info() only declares the scenario and may use log and clock, nothing else; do the work in a step",
-                    call.interface, call.op
-                ),
-            },
-            (
-                Decision::Allow(_),
-                Scope::Step {
-                    id,
-                    mutating: false,
-                    ..
-                },
-            ) if call.mutating => Decision::Deny {
-                needed: format!("step {id} declared mutating: true"),
-                message: format!(
-                    "{}.{} changes things, but step {id:?} is declared mutating: false; declare the step mutating if it must change something",
-                    call.interface, call.op
-                ),
-            },
-            (Decision::Allow(grant), Scope::Step { phase, .. }) => grant
-                .resources
-                .iter()
-                .find_map(|r| r.refuses(phase_name(*phase), call.mutating))
-                .unwrap_or(Decision::Allow(grant)),
-            (d, _) => d,
-        };
+        let inject = self.inject.load(Ordering::SeqCst);
+        let decision = in_scope(&call, decision, &scope, inject);
         let (grant, result, denied_by_gate) = match decision {
             Decision::Allow(grant) if planned => (
                 grant.text,
@@ -582,6 +533,63 @@ impl Gate {
     }
 }
 
+/// What the policy's decision becomes where the plugin is: the gate's mode
+/// rules, in one pure function (so they can be tested exhaustively).
+/// `inject` marks a drill's inject step driven from outside a declared scope.
+fn in_scope(call: &Call, decision: Decision, scope: &Scope, inject: bool) -> Decision {
+    let inject = inject
+        || matches!(
+            scope,
+            Scope::Step {
+                phase: Phase::Inject,
+                ..
+            }
+        );
+    // A drill's inject step touches sandbox resources only.
+    let decision = match decision {
+        Decision::Allow(grant) if inject => match grant.outside_sandbox() {
+            None => Decision::Allow(grant),
+            Some(resource) => Decision::Deny {
+                needed: format!("{resource} sandbox"),
+                message: format!(
+                    "a drill's inject step may only use sandbox resources: mark [{resource}] sandbox = true in the drill's policy if it holds no production data"
+                ),
+            },
+        },
+        d => d,
+    };
+    match (decision, scope) {
+        // info() declares; it acts on nothing, whatever the policy grants.
+        (_, Scope::Info) => Decision::Deny {
+            needed: "none: info() runs without capabilities".into(),
+            message: format!(
+                "{}.{} in info(): info() only declares the scenario and may use log and clock, nothing else; do the work in a step",
+                call.interface, call.op
+            ),
+        },
+        (
+            Decision::Allow(_),
+            Scope::Step {
+                id,
+                mutating: false,
+                ..
+            },
+        ) if call.mutating => Decision::Deny {
+            needed: format!("step {id} declared mutating: true"),
+            message: format!(
+                "{}.{} changes things, but step {id:?} is declared mutating: false; declare the step mutating if it must change something",
+                call.interface, call.op
+            ),
+        },
+        (Decision::Allow(grant), Scope::Step { phase, .. }) => grant
+            .resources
+            .iter()
+            .find_map(|r| r.refuses(phase_name(*phase), call.mutating))
+            .unwrap_or(Decision::Allow(grant)),
+        (d, _) => d,
+    }
+}
+
 /// A capability error as one line.
 pub fn error_text(e: &CapError) -> String {
     match e {
@@ -605,4 +613,78 @@ pub struct Caps {
     pub backup: backup::BackupCap,
     pub exec: exec::ExecCap,
     pub net: net::NetCap,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PHASES: [Phase; 6] = [
+        Phase::Detect,
+        Phase::Contain,
+        Phase::Backup,
+        Phase::Recover,
+        Phase::Verify,
+        Phase::Inject,
+    ];
+
+    fn subset(mask: u8) -> Vec<PhaseName> {
+        PHASES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, p)| phase_name(*p))
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever the policy says, the gate allows a call only where every
+        /// rule allows it: not in info(), only sandbox resources in inject
+        /// steps, only phases the grant lists, mutating calls only from
+        /// steps declared mutating and only in the grant's write phases.
+        #[test]
+        fn the_gate_never_allows_more_than_every_rule_allows(
+            phase in 0usize..6,
+            declared_mutating: bool,
+            call_mutating: bool,
+            sandbox: bool,
+            phases_mask in proptest::option::of(0u8..64),
+            write_mask in proptest::option::of(0u8..64),
+            info: bool,
+        ) {
+            let phase = PHASES[phase];
+            let grant = Grant::on("s3.x", sandbox, "s3.x access=write")
+                .phases(&phases_mask.map(subset), &write_mask.map(subset));
+            let r = grant.resources[0].clone();
+            let mut call = Call::new("s3", "put", "x:k");
+            if call_mutating {
+                call = call.mutating();
+            }
+            let scope = if info {
+                Scope::Info
+            } else {
+                Scope::Step { id: "s".into(), phase, mutating: declared_mutating }
+            };
+            let allowed = matches!(in_scope(&call, Decision::Allow(grant), &scope, false), Decision::Allow(_));
+            let p = phase_name(phase);
+            let expected = !info
+                && (phase != Phase::Inject || sandbox)
+                && r.phases.as_ref().is_none_or(|v| v.contains(&p))
+                && (!call_mutating || (declared_mutating && r.write_phases.contains(&p)));
+            prop_assert_eq!(allowed, expected);
+            // A denial never becomes an allowance.
+            let denied = Decision::Deny { needed: "x".into(), message: "m".into() };
+            let still_denied = matches!(in_scope(&call, denied, &scope, false), Decision::Deny { .. });
+            prop_assert!(still_denied);
+        }
+    }
+
+    #[test]
+    fn detect_and_verify_only_read_by_default() {
+        let g = Grant::on("db.main", false, "db.main access=read-write");
+        assert!(!g.resources[0].write_phases.contains(&PhaseName::Detect));
+        assert!(!g.resources[0].write_phases.contains(&PhaseName::Verify));
+        assert!(g.resources[0].write_phases.contains(&PhaseName::Recover));
+    }
 }
