@@ -170,9 +170,7 @@ impl Guest for Hostile {
             }
         };
         match id.as_str() {
-            "sneak" | "writes" | "verify-writes" => {
-                outcome(mutate_everything(&id, &url, &marker))
-            }
+            "sneak" | "writes" | "verify-writes" => outcome(mutate_everything(&id, &url, &marker)),
             "verify-reads" => {
                 let mut through = Vec::new();
                 if s3::get("primary", "keep.txt").is_ok() {
