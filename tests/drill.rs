@@ -552,7 +552,8 @@ async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
     std::fs::write(
         &policy,
         format!(
-            "[db.app]\nurl = \"{url}\"\naccess = \"read-write\"\nsandbox = true\n\
+            "[plugin]\nscenario = \"data-corruption\"\n\
+             [db.app]\nurl = \"{url}\"\naccess = \"read-write\"\nsandbox = true\n\
              write-phases = [\"inject\", \"contain\", \"recover\", \"verify\"]\n\
              [db.app.invariants]\nno-negative-amounts = \"SELECT COUNT(*) FROM orders WHERE amount < 0\"\n\
              amounts-below-a-million = \"SELECT COUNT(*) FROM orders WHERE amount >= 1000000\"\n\
@@ -1606,7 +1607,7 @@ async fn application_runbook_follows_the_plan_line_by_line() {
     );
     let policy = format!(
         "[http]\nallow = [\"http://127.0.0.1:{app}/\"]\nsandbox = [\"http://127.0.0.1:{app}/\"]\n\
-         [exec.show-logs]\nprogram = \"/usr/bin/tail\"\nargs = [\"-n\", \"100\", {log:?}]\n{}",
+         [exec.show-logs]\nprogram = \"/usr/bin/tail\"\nargs = [\"-n\", \"100\", {log:?}]\nread-only = true\n{}",
         app_grants(app)
     );
     let r = drill_with(dir.path(), "runbook-application", &policy, None).await;

@@ -15,6 +15,7 @@ allow = ["http://127.0.0.1:$app/"]
 sandbox = ["http://127.0.0.1:$app/"]
 
 [exec.show-logs]
+read-only = true                # tail only reads: usable from steps that change nothing
 program = "/usr/bin/tail"
 args = ["-n", "100", "$work/app.log"]
 

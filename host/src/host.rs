@@ -690,9 +690,11 @@ impl backup::Host for HostState {
 impl exec::Host for HostState {
     async fn run(&mut self, name: String, args: Vec<String>) -> HostResult<exec::ExecResult> {
         let caps = Arc::clone(&self.caps);
-        let call = Call::new("exec", "run", name.clone())
-            .arg("args", args.clone())
-            .mutating();
+        let mut call = Call::new("exec", "run", name.clone()).arg("args", args.clone());
+        // Every run changes things unless the operator declared the program read-only.
+        if !caps.exec.grants.get(&name).is_some_and(|g| g.read_only) {
+            call = call.mutating();
+        }
         let decision = caps.exec.decide(&name, &args);
         let remaining = self.remaining();
         Ok(caps

@@ -306,6 +306,11 @@ pub struct ExecGrant {
     /// but PATH); values may be `env:NAME`.
     #[serde(default)]
     pub env: BTreeMap<String, Secret>,
+    /// The operator declares that the program only reads (`tail` of a
+    /// log, a status query): its runs are not mutating calls, so steps that
+    /// only read may use it. Default false: every run is a mutating call.
+    #[serde(default)]
+    pub read_only: bool,
     /// A drill's inject steps may run it.
     #[serde(default)]
     pub sandbox: bool,
