@@ -184,14 +184,13 @@ fn write_phase_table(out: &mut String, policy: &Policy) {
         ));
     }
     // [net] only resolves and probes: it never changes anything.
-    static READ_ONLY: Option<Vec<PhaseName>> = Some(Vec::new());
     if !policy.net.allow.is_empty() {
         rows.push((
             "net".into(),
             policy.net.sandbox,
             false,
             &policy.net.phases,
-            &READ_ONLY,
+            &None,
         ));
     }
     let _ = writeln!(
@@ -202,14 +201,7 @@ fn write_phase_table(out: &mut String, policy: &Policy) {
         let _ = writeln!(out, "  none: every capability call will be denied");
         return;
     }
-    let phases = [
-        PhaseName::Detect,
-        PhaseName::Contain,
-        PhaseName::Backup,
-        PhaseName::Recover,
-        PhaseName::Verify,
-        PhaseName::Inject,
-    ];
+    let phases = PhaseName::ALL;
     let mut header = format!("  {:<28}", "GRANT");
     for p in phases {
         let _ = write!(header, " {:<8}", p.to_string());

@@ -149,14 +149,7 @@ pub fn priority_name(p: crate::bindings::Priority) -> &'static str {
 }
 
 pub fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Detect => "detect",
-        Phase::Contain => "contain",
-        Phase::Backup => "backup",
-        Phase::Recover => "recover",
-        Phase::Verify => "verify",
-        Phase::Inject => "inject",
-    }
+    crate::policy::PhaseName::from(p).as_str()
 }
 
 pub fn parse_phase(s: &str) -> Option<Phase> {
@@ -312,25 +305,21 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         opts.phase.map(phase_name).unwrap_or("recover")
     };
 
+    // Everything that can refuse the run does so before its log exists.
+    let store_name = state_store_name(&policy, &info, &plugin.sha256)?;
+    let mut state = crate::caps::state::StateCap::load(
+        &opts.state_dir,
+        &store_name,
+        policy.limits.state_bytes.0,
+    )
+    .map_err(|e| RunError::Config(e.to_string()))?;
+    if opts.plan {
+        // A plan changes nothing: the store is read as it is and never written back.
+        state.never_persist();
+    }
     let run_id = crate::clock::new_run_id();
     let audit_path = opts.out_dir.join(&run_id).join("audit.jsonl");
     let writer = AuditWriter::create(&audit_path).map_err(|e| RunError::Config(e.to_string()))?;
-    let store_name = state_store_name(&policy, &info, &plugin.sha256)?;
-    let state = if opts.plan {
-        // A plan changes nothing: the store is read as it is and never written back.
-        crate::caps::state::StateCap::load_unpersisted(
-            &opts.state_dir,
-            &store_name,
-            policy.limits.state_bytes.0,
-        )
-    } else {
-        crate::caps::state::StateCap::load(
-            &opts.state_dir,
-            &store_name,
-            policy.limits.state_bytes.0,
-        )
-    }
-    .map_err(|e| RunError::Config(e.to_string()))?;
     let caps = Arc::new(
         build_caps(
             &policy,

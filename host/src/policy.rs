@@ -111,16 +111,32 @@ pub enum PhaseName {
     Inject,
 }
 
-impl fmt::Display for PhaseName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl PhaseName {
+    /// Every phase, in the order a run goes through them (inject first in a drill).
+    pub const ALL: [PhaseName; 6] = [
+        PhaseName::Detect,
+        PhaseName::Contain,
+        PhaseName::Backup,
+        PhaseName::Recover,
+        PhaseName::Verify,
+        PhaseName::Inject,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
             PhaseName::Detect => "detect",
             PhaseName::Contain => "contain",
             PhaseName::Backup => "backup",
             PhaseName::Recover => "recover",
             PhaseName::Verify => "verify",
             PhaseName::Inject => "inject",
-        })
+        }
+    }
+}
+
+impl fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

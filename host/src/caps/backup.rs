@@ -46,13 +46,9 @@ impl BackupCap {
                 Some(grant) if grant.restore_to.iter().any(|t| t == to) => {
                     // The destination is replaced: in a drill it must be a sandbox too.
                     let to_sandbox = self.grants.get(to).is_some_and(|t| t.sandbox);
-                    let text = format!("{} restore-to={to}", g.text);
-                    let mut both = g.and(
-                        Grant::on(format!("backup.{to}"), to_sandbox, "")
-                            .phases(&grant.phases, &grant.write_phases),
-                    );
-                    both.text = text;
-                    Decision::Allow(both)
+                    let dest = Grant::on(format!("backup.{to}"), to_sandbox, "")
+                        .phases(&grant.phases, &grant.write_phases);
+                    Decision::Allow(g.touching(dest, &format!("restore-to={to}")))
                 }
                 _ => Decision::Deny {
                     needed: format!("backup.{source} restore-to={to}"),

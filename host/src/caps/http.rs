@@ -35,7 +35,8 @@ pub struct HttpCap {
 pub struct Target {
     /// The address to connect to, pinned for plain HTTP.
     pub pin: Option<SocketAddr>,
-    pub grant: String,
+    /// The allow entry that matched, as the gate decides from it.
+    pub grant: Grant,
     /// The normalised path that was matched: the one to send.
     pub path: String,
 }
@@ -257,7 +258,12 @@ impl HttpCap {
                     format!("{url} is not on the [http] allow list")
                 }
             })?;
-        let grant = format!("http.allow {}", entry.text);
+        // A sandbox entry (a drill's inject steps may call it) is one that
+        // `[http] sandbox` lists as well.
+        let p = &self.policy;
+        let sandbox = p.sandbox.iter().any(|s| s.text == entry.text);
+        let grant = Grant::on("http.allow", sandbox, format!("http.allow {}", entry.text))
+            .phases(&p.phases, &p.write_phases);
         if let Some(ip) = literal {
             return Ok(Target {
                 pin: Some(SocketAddr::new(ip, port)),
@@ -361,16 +367,7 @@ impl WasiHttpHooks for Hooks {
                                 call = call.arg("sent-path", t.path.as_str());
                             }
                             *request.uri_mut() = u;
-                            // A sandbox entry when `[http] sandbox` lists it too.
-                            let p = &caps.http.policy;
-                            let sandbox = p
-                                .sandbox
-                                .iter()
-                                .any(|e| format!("http.allow {}", e.text) == t.grant);
-                            Decision::Allow(
-                                Grant::on("http.allow", sandbox, t.grant)
-                                    .phases(&p.phases, &p.write_phases),
-                            )
+                            Decision::Allow(t.grant)
                         }
                         Err(e) => Decision::Deny {
                             needed: format!("http.allow \"{scheme}://{host}:{port}{path}\""),

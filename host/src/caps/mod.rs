@@ -137,15 +137,17 @@ fn list(phases: &[PhaseName]) -> String {
         .join(", ")
 }
 
-/// The policy name of a phase.
-pub fn phase_name(p: Phase) -> PhaseName {
-    match p {
-        Phase::Detect => PhaseName::Detect,
-        Phase::Contain => PhaseName::Contain,
-        Phase::Backup => PhaseName::Backup,
-        Phase::Recover => PhaseName::Recover,
-        Phase::Verify => PhaseName::Verify,
-        Phase::Inject => PhaseName::Inject,
+/// A WIT phase as the policy names it.
+impl From<Phase> for PhaseName {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Detect => PhaseName::Detect,
+            Phase::Contain => PhaseName::Contain,
+            Phase::Backup => PhaseName::Backup,
+            Phase::Recover => PhaseName::Recover,
+            Phase::Verify => PhaseName::Verify,
+            Phase::Inject => PhaseName::Inject,
+        }
     }
 }
 
@@ -201,6 +203,14 @@ impl Grant {
     /// restore's source and destination).
     pub fn and(mut self, other: Grant) -> Self {
         self.text = format!("{}; {}", self.text, other.text);
+        self.resources.extend(other.resources);
+        self
+    }
+
+    /// A call that also changes `other`'s resources, named by this grant's
+    /// text plus `note` (a restore replaces its destination too).
+    pub fn touching(mut self, other: Grant, note: &str) -> Self {
+        self.text = format!("{} {note}", self.text);
         self.resources.extend(other.resources);
         self
     }
@@ -397,7 +407,7 @@ impl Gate {
                     Decision::Allow(g) => g
                         .resources
                         .iter()
-                        .any(|r| !r.write_phases.contains(&phase_name(phase))),
+                        .any(|r| !r.write_phases.contains(&PhaseName::from(phase))),
                     Decision::Deny { .. } => true,
                 },
             }
@@ -584,7 +594,7 @@ fn in_scope(call: &Call, decision: Decision, scope: &Scope, inject: bool) -> Dec
         (Decision::Allow(grant), Scope::Step { phase, .. }) => grant
             .resources
             .iter()
-            .find_map(|r| r.refuses(phase_name(*phase), call.mutating))
+            .find_map(|r| r.refuses(PhaseName::from(*phase), call.mutating))
             .unwrap_or(Decision::Allow(grant)),
         (d, _) => d,
     }
@@ -634,7 +644,7 @@ mod tests {
             .iter()
             .enumerate()
             .filter(|(i, _)| mask & (1 << i) != 0)
-            .map(|(_, p)| phase_name(*p))
+            .map(|(_, p)| PhaseName::from(*p))
             .collect()
     }
 
@@ -667,7 +677,7 @@ mod tests {
                 Scope::Step { id: "s".into(), phase, mutating: declared_mutating }
             };
             let allowed = matches!(in_scope(&call, Decision::Allow(grant), &scope, false), Decision::Allow(_));
-            let p = phase_name(phase);
+            let p = PhaseName::from(phase);
             let expected = !info
                 && (phase != Phase::Inject || sandbox)
                 && r.phases.as_ref().is_none_or(|v| v.contains(&p))

@@ -44,12 +44,9 @@ impl StateCap {
         }
     }
 
-    /// Loads the store of `scenario` for reading and in-memory changes that
-    /// are never written back (plan mode).
-    pub fn load_unpersisted(dir: &Path, scenario: &str, cap: u64) -> Result<Self, StateError> {
-        let mut s = Self::load(dir, scenario, cap)?;
-        s.path = None;
-        Ok(s)
+    /// Keeps changes in memory only: `persist` writes nothing (plan mode).
+    pub fn never_persist(&mut self) {
+        self.path = None;
     }
 
     /// Loads the store of `scenario` from `dir` (missing file: empty store).
