@@ -221,6 +221,9 @@ async fn verification_names_each_kind_of_damage() {
     let b = s.backups(&format!("{src}{targets}")).await;
     let m = b.create("app", Kind::Full).await.unwrap().manifest;
     let object = |t: &str| s.path(t).join(&m.object);
+    // Verified once on c, before the damage: the mark goes when it fails.
+    assert!(b.verify("app", &m.id, &["c".into()]).await.unwrap()[0].passed());
+    assert!(b.is_verified("c", "app", &m.id));
 
     // a: missing object. b: truncated. c: one flipped byte. d: a table dropped.
     // e: rows missing. f: intact, but read with the wrong key.
@@ -251,6 +254,7 @@ async fn verification_names_each_kind_of_damage() {
     assert_eq!(status(&r, "extractable").0, Status::Fail);
 
     let r = check("c").await;
+    assert!(!b.is_verified("c", "app", &m.id));
     assert_eq!(status(&r, "size reasonable").0, Status::Pass);
     let (st, detail) = status(&r, "downloadable");
     assert_eq!(st, Status::Fail);
@@ -976,9 +980,16 @@ async fn point_in_time_recovery_replays_the_binary_logs_up_to_the_point_before_t
     )
     .await;
     let s = Setup::new();
+    binlog_exec(
+        &format!("{base}/test"),
+        &format!("CREATE DATABASE {db}_copy"),
+    )
+    .await;
     let b = s
         .backups(&format!(
-            "[sources.ledger]\nkind = \"mariadb\"\nurl = \"{url}\"\n[targets.local]\npath = \"local\"\n"
+            "[sources.ledger]\nkind = \"mariadb\"\nurl = \"{url}\"\n\
+             [sources.copy]\nkind = \"mariadb\"\nurl = \"{url}_copy\"\n\
+             [targets.local]\npath = \"local\"\n"
         ))
         .await;
     let full = b
@@ -986,6 +997,7 @@ async fn point_in_time_recovery_replays_the_binary_logs_up_to_the_point_before_t
         .await
         .unwrap()
         .manifest;
+    assert_eq!(full.database.as_deref(), Some(db.as_str()));
     assert!(
         full.covers
             .position
@@ -1056,6 +1068,33 @@ async fn point_in_time_recovery_replays_the_binary_logs_up_to_the_point_before_t
         );
         assert_new_connections_see_the_real_clock(&url).await;
     }
+    // Into another database: the source's events are replayed there, and
+    // the source is left alone.
+    let before = binlog_scalar(&url, "SELECT COUNT(*) FROM ledger").await;
+    let rep = b
+        .restore(
+            "ledger",
+            "latest",
+            "copy",
+            None,
+            Some("2030-01-01T00:15:00Z"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rep.replayed, std::slice::from_ref(&inc.id));
+    let copy = format!("{url}_copy");
+    assert_eq!(
+        binlog_scalar(&copy, "SELECT COUNT(*) FROM ledger").await,
+        1500
+    );
+    assert_eq!(
+        binlog_scalar(&copy, "SELECT CAST(SUM(amount = id) AS SIGNED) FROM ledger").await,
+        1500
+    );
+    assert_eq!(
+        binlog_scalar(&url, "SELECT COUNT(*) FROM ledger").await,
+        before
+    );
     // Leave the corruption (00:20) out and keep what came after it (00:25).
     binlog_exec(&url, "DROP TABLE ledger").await;
     let rep = b

@@ -168,7 +168,12 @@ impl Backups {
         }
         let (sealed, facts) = sealing?;
 
+        let database = match &engine {
+            Engine::Mariadb(m) => Some(m.server.database.clone()),
+            _ => None,
+        };
         let manifest = Manifest {
+            database,
             format: manifest::FORMAT,
             id: id.clone(),
             source: source.to_string(),

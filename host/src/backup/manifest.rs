@@ -101,6 +101,10 @@ pub struct Manifest {
     /// Incrementals: the binary log files inside the (tar) plaintext, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
+    /// MariaDB: the database the backup was taken of. A replay keeps that
+    /// database's events from the logs, whatever database it restores into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 impl Manifest {

@@ -1,6 +1,7 @@
 //! `drhost backup prune`: retention. Keeps backups younger than keep-days,
 //! the newest keep-last, and always the newest verified full backup (or the
-//! newest full when none is verified yet) with the incrementals after it.
+//! newest full when none is verified yet) with the incrementals that
+//! continue it; every kept incremental keeps its whole chain (see [`decide`]).
 //! A manifest is deleted before its object, so a half-pruned backup is
 //! simply absent, never listed but unreadable. Data objects without a
 //! manifest (the remains of backups that failed or were killed) are removed
@@ -37,7 +38,6 @@ impl Backups {
         dry_run: bool,
     ) -> Result<PruneReport, BackupError> {
         let r = &self.config.retention;
-        let horizon = now - chrono::Duration::days(i64::from(r.keep_days));
         let mut report = PruneReport {
             dry_run,
             ..Default::default()
@@ -50,61 +50,119 @@ impl Backups {
                 report
                     .deleted
                     .extend(prune_orphans(store, source, &objects, &all, now, dry_run).await?);
-                let anchor = all
-                    .iter()
-                    .rev()
-                    .find(|m| m.kind == Kind::Full && self.is_verified(&store.name, source, &m.id))
-                    .or_else(|| all.iter().rev().find(|m| m.kind == Kind::Full))
-                    .map(|m| m.id.clone());
-                let n = all.len();
-                for (i, m) in all.iter().enumerate() {
-                    let started = chrono::DateTime::parse_from_rfc3339(&m.started_at)
-                        .map(|t| t.with_timezone(&chrono::Utc))
-                        .map_err(|e| BackupError::Failed(format!("{}: started_at: {e}", m.id)))?;
-                    let keep = if n - i <= r.keep_last as usize {
-                        Some(format!("one of the newest {}", r.keep_last))
-                    } else if started >= horizon {
-                        Some(format!("younger than {} days", r.keep_days))
-                    } else if anchor.as_deref() == Some(m.id.as_str()) {
-                        Some("the newest verified full backup".into())
-                    } else if m.kind == Kind::Incremental
-                        && anchor.as_deref().is_some_and(|a| m.id.as_str() > a)
-                    {
-                        Some("needed by the newest verified full backup".into())
-                    } else {
-                        None
-                    };
-                    let entry = |reason: String| Pruned {
-                        target: store.name.clone(),
-                        source: source.clone(),
-                        id: m.id.clone(),
-                        reason,
-                    };
-                    match keep {
-                        Some(reason) => report.kept.push(entry(reason)),
-                        None => {
-                            if !dry_run {
-                                store
-                                    .backend
-                                    .delete(&store.key(&Manifest::key(source, &m.id)))
-                                    .await
-                                    .map_err(store.err())?;
-                                store
-                                    .backend
-                                    .delete(&store.key(&m.object))
-                                    .await
-                                    .map_err(store.err())?;
-                            }
-                            report
-                                .deleted
-                                .push(entry(format!("older than {} days", r.keep_days)));
+                let verified = |id: &str| self.is_verified(&store.name, source, id);
+                let plan = decide(&all, &verified, now, r.keep_days, r.keep_last)?;
+                let entry = |m: &Manifest, reason: String| Pruned {
+                    target: store.name.clone(),
+                    source: source.clone(),
+                    id: m.id.clone(),
+                    reason,
+                };
+                // Newest first, so that at every moment each incremental
+                // left has its base: a prune cut short leaves whole chains.
+                if !dry_run {
+                    for (m, keep) in all.iter().zip(&plan).rev() {
+                        if keep.is_some() {
+                            continue;
                         }
+                        store
+                            .backend
+                            .delete(&store.key(&Manifest::key(source, &m.id)))
+                            .await
+                            .map_err(store.err())?;
+                        store
+                            .backend
+                            .delete(&store.key(&m.object))
+                            .await
+                            .map_err(store.err())?;
+                    }
+                }
+                for (m, keep) in all.iter().zip(plan) {
+                    match keep {
+                        Some(reason) => report.kept.push(entry(m, reason)),
+                        None => report
+                            .deleted
+                            .push(entry(m, format!("older than {} days", r.keep_days))),
                     }
                 }
             }
         }
         Ok(report)
     }
+}
+
+/// Why each backup of one source on one target is kept (`None`: deleted).
+/// `all` is in id order, oldest first. Kept: the newest `keep_last`, those
+/// younger than `keep_days`, the newest verified full (the newest full when
+/// none is verified) with the incrementals that continue it — and, for
+/// every incremental kept, its whole chain back to its full, so no kept
+/// incremental ever loses the base a point-in-time recovery starts from.
+pub fn decide(
+    all: &[Manifest],
+    verified: &dyn Fn(&str) -> bool,
+    now: chrono::DateTime<chrono::Utc>,
+    keep_days: u32,
+    keep_last: u32,
+) -> Result<Vec<Option<String>>, BackupError> {
+    let horizon = now - chrono::Duration::days(i64::from(keep_days));
+    let n = all.len();
+    let index: std::collections::HashMap<&str, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.as_str(), i))
+        .collect();
+    let anchor = all
+        .iter()
+        .rev()
+        .find(|m| m.kind == Kind::Full && verified(&m.id))
+        .or_else(|| all.iter().rev().find(|m| m.kind == Kind::Full))
+        .map(|m| m.id.as_str());
+    // The full an incremental's chain starts from (None when broken).
+    let root = |i: usize| -> Option<usize> {
+        let mut cur = i;
+        for _ in 0..=n {
+            match all[cur].kind {
+                Kind::Full => return Some(cur),
+                Kind::Incremental => cur = *index.get(all[cur].base.as_deref()?)?,
+            }
+        }
+        None
+    };
+    let anchor_index = anchor.and_then(|a| index.get(a).copied());
+    let mut plan = Vec::with_capacity(n);
+    for (i, m) in all.iter().enumerate() {
+        let started = chrono::DateTime::parse_from_rfc3339(&m.started_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| BackupError::Failed(format!("{}: started_at: {e}", m.id)))?;
+        plan.push(if n - i <= keep_last as usize {
+            Some(format!("one of the newest {keep_last}"))
+        } else if started >= horizon {
+            Some(format!("younger than {keep_days} days"))
+        } else if anchor == Some(m.id.as_str()) {
+            Some("the newest verified full backup".into())
+        } else if m.kind == Kind::Incremental && anchor_index.is_some() && root(i) == anchor_index {
+            Some("continues the newest verified full backup".into())
+        } else {
+            None
+        });
+    }
+    // Every kept incremental keeps its chain.
+    for i in (0..n).rev() {
+        if plan[i].is_none() || all[i].kind != Kind::Incremental {
+            continue;
+        }
+        let mut cur = &all[i];
+        while let Some(j) = cur.base.as_deref().and_then(|b| index.get(b).copied()) {
+            if plan[j].is_none() {
+                plan[j] = Some(format!("in the chain of {}, which is kept", all[i].id));
+            }
+            cur = &all[j];
+            if cur.kind == Kind::Full {
+                break;
+            }
+        }
+    }
+    Ok(plan)
 }
 
 /// How old an object without a manifest must be before prune removes it.
@@ -146,4 +204,56 @@ async fn prune_orphans(
         });
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, kind: Kind, base: Option<&str>) -> Manifest {
+        let json = serde_json::json!({
+            "format": 1, "id": id, "source": "app", "source_kind": "mariadb",
+            "kind": kind, "started_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:01Z",
+            "covers": {"until": "2026-01-01T00:00:00Z", "position": null},
+            "object": format!("app/{id}"), "pipeline": [],
+            "plaintext": {"size": 1, "sha256": "00"}, "ciphertext": {"size": 1, "sha256": "00"},
+            "tables": {}, "tools": {}, "encryption": {"scheme": "none", "recipients": []},
+            "base": base,
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_kept_incremental_keeps_its_full_and_an_unrelated_chain_goes_whole() {
+        use Kind::{Full, Incremental};
+        // F1 verified; F2 not, with three incrementals on it; all old.
+        let all = vec![
+            manifest("1-f1", Full, None),
+            manifest("2-f2", Full, None),
+            manifest("3-i1", Incremental, Some("2-f2")),
+            manifest("4-i2", Incremental, Some("3-i1")),
+            manifest("5-i3", Incremental, Some("4-i2")),
+        ];
+        let later = chrono::DateTime::parse_from_rfc3339("2027-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let verified = |id: &str| id == "1-f1";
+        // keep-last 0: F2's chain is not needed by F1, so it goes whole.
+        let plan = decide(&all, &verified, later, 30, 0).unwrap();
+        let kept: Vec<&str> = all
+            .iter()
+            .zip(&plan)
+            .filter(|(_, k)| k.is_some())
+            .map(|(m, _)| m.id.as_str())
+            .collect();
+        assert_eq!(kept, ["1-f1"]);
+        // keep-last 1 keeps the newest incremental: its chain back to F2 stays.
+        let plan = decide(&all, &verified, later, 30, 1).unwrap();
+        assert!(plan.iter().all(Option::is_some), "{plan:?}");
+        assert_eq!(
+            plan[1].as_deref(),
+            Some("in the chain of 5-i3, which is kept")
+        );
+    }
 }

@@ -145,13 +145,17 @@ impl Backups {
             let Engine::Mariadb(m) = &target else {
                 return Err("point-in-time recovery needs a MariaDB source".to_string());
             };
+            // The logs hold the events of the database that was backed up:
+            // replay those, whatever database this restore goes into.
+            let source_db = self.backed_up_database(source, &full)?;
             for inc in &chain {
-                self.replay(store, m, &staged, inc, None, stop.as_ref())
+                self.replay(store, m, &source_db, &staged, inc, None, stop.as_ref())
                     .await?;
             }
             if let Some(t) = resume {
                 for inc in &chain {
-                    self.replay(store, m, &staged, inc, Some(t), None).await?;
+                    self.replay(store, m, &source_db, &staged, inc, Some(t), None)
+                        .await?;
                 }
             }
             let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
@@ -266,10 +270,27 @@ impl Backups {
         Err(BackupError::NotFound(misses.join("; ")))
     }
 
+    /// The database a MariaDB backup was taken of: recorded in its manifest
+    /// (since format 1 with `database`), else the source's database now.
+    fn backed_up_database(&self, source: &str, full: &Manifest) -> Result<String, String> {
+        if let Some(db) = &full.database {
+            return Ok(db.clone());
+        }
+        match self.engine(source) {
+            Ok(Engine::Mariadb(m)) => Ok(m.server.database.clone()),
+            Ok(_) => Err(format!("source {source} is not a MariaDB database")),
+            Err(e) => Err(format!(
+                "the backup does not name the database it was taken of, and source {source} cannot tell: {e}"
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn replay(
         &self,
         store: &Store,
         engine: &Mariadb,
+        source_db: &str,
         staged: &Place,
         inc: &Manifest,
         from_time: Option<chrono::DateTime<chrono::Utc>>,
@@ -291,7 +312,7 @@ impl Backups {
                 .and_then(LogPosition::parse)
                 .map(|p| p.offset);
             engine
-                .replay(staged, &dir, &inc.logs, start, from_time, stop)
+                .replay(source_db, staged, &dir, &inc.logs, start, from_time, stop)
                 .await
                 .map_err(|e| format!("replaying {}: {e}", inc.id))
         }

@@ -478,6 +478,17 @@ impl Backups {
         }
     }
 
+    fn unmark_verified(&self, target: &str, source: &str, id: &str) {
+        let marker = self.verified_marker(target, source, id);
+        match std::fs::remove_file(&marker) {
+            Ok(()) => {
+                tracing::warn!("{id} on {target} no longer verifies: its verified mark is removed")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!("removing the verified mark of {id} on {target}: {e}"),
+        }
+    }
+
     /// The checklist on each named target (all when empty). With several
     /// targets, a last report line compares their restored content.
     pub async fn verify(
@@ -500,7 +511,13 @@ impl Backups {
             id.to_string()
         };
         for store in stores {
-            match self.verify_on(store, source, &id).await {
+            let result = self.verify_on(store, source, &id).await;
+            // A backup that fails verification now is not verified, whatever
+            // an earlier run found: prune must not count on it.
+            if !result.as_ref().is_ok_and(|r| r.passed()) {
+                self.unmark_verified(&store.name, source, &id);
+            }
+            match result {
                 Ok(r) => reports.push(r),
                 Err(BackupError::NotFound(msg)) => {
                     let mut sheet = Sheet(Vec::new());

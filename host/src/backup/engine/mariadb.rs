@@ -239,12 +239,15 @@ impl Mariadb {
         super::unpack_tar(dir)
     }
 
-    /// Replays the source database's events from binary logs in `dir` into
-    /// the staged database: `mariadb-binlog --database=SRC --rewrite-db=SRC->STAGED`
+    /// Replays the events of database `source_db` (the one backed up, not
+    /// necessarily this engine's) from binary logs in `dir` into the staged
+    /// database: `mariadb-binlog --database=SRC --rewrite-db=SRC->STAGED`
     /// piped into `mariadb`. `start` applies to the first file, `from_time`
     /// skips earlier events, `stop` ends it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn replay(
         &self,
+        source_db: &str,
         staged: &Place,
         dir: &Path,
         logs: &[String],
@@ -258,8 +261,8 @@ impl Mariadb {
         let mut files: Vec<PathBuf> = logs.iter().map(|l| dir.join(l)).collect();
         let mut binlog = Command::new("mariadb-binlog");
         binlog
-            .arg(format!("--database={}", self.server.database))
-            .arg(format!("--rewrite-db={}->{db}", self.server.database))
+            .arg(format!("--database={source_db}"))
+            .arg(format!("--rewrite-db={source_db}->{db}"))
             // --stop-datetime is read in the client's time zone.
             .env("TZ", "UTC");
         if let Some(p) = start {
