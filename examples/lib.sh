@@ -59,6 +59,14 @@ start_mariadb() {
 
 sql() { local port=$1; shift; mariadb --no-defaults -h 127.0.0.1 -P "$port" -u root -e "$*"; }
 
+# The account detect and verify steps read through (the policies' read-url):
+# root's privileges reach past a read-only transaction, so drhost refuses to
+# read through root in a read-only phase.
+read_account() {
+    sql "$1" "CREATE USER 'drhost_ro'@'%' IDENTIFIED BY 'drhost-ro';
+        GRANT SELECT, SLAVE MONITOR ON *.* TO 'drhost_ro'@'%'"
+}
+
 # A fresh age key and drhost.toml header in work/.
 backup_keys() {
     "$DRHOST" backup keygen >"$work/key.txt"

@@ -536,6 +536,8 @@ async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
         .await
         .unwrap();
     let url = format!("{base}/{db}");
+    create_reader(&format!("{base}/test")).await;
+    let reader = as_reader(&url);
     let (secret, recipient) = drhost::backup::keygen();
     std::fs::write(dir.join("key.txt"), format!("{secret}\n")).unwrap();
     let config = dir.join("drhost.toml");
@@ -553,7 +555,7 @@ async fn corruption_drill_setup(dir: &Path) -> (PathBuf, PathBuf, String) {
         &policy,
         format!(
             "[plugin]\nscenario = \"data-corruption\"\n\
-             [db.app]\nurl = \"{url}\"\naccess = \"read-write\"\nsandbox = true\n\
+             [db.app]\nurl = \"{url}\"\nread-url = \"{reader}\"\naccess = \"read-write\"\nsandbox = true\n\
              write-phases = [\"inject\", \"contain\", \"recover\", \"verify\"]\n\
              [db.app.invariants]\nno-negative-amounts = \"SELECT COUNT(*) FROM orders WHERE amount < 0\"\n\
              amounts-below-a-million = \"SELECT COUNT(*) FROM orders WHERE amount >= 1000000\"\n\
@@ -756,7 +758,7 @@ impl AppSetup {
             format!(
                 "[http]\nallow = [\"http://127.0.0.1:{b}/\", \"http://127.0.0.1:{g}/\", \"http://127.0.0.1:{s}/\"]\n\
                  sandbox = [\"http://127.0.0.1:{b}/\", \"http://127.0.0.1:{g}/\"]\n\
-                 [exec.restart-app]\nprogram = {prog:?}\nargs = [\"*\", \"blue\"]\ntimeout = \"20s\"\n",
+                 [exec.restart-app]\nprogram = {prog:?}\nargs = [\"*\", \"blue\"]\ntimeout = \"20s\"\nleaves-running = true\n",
                 b = self.blue,
                 g = self.green,
                 s = self.switch,
@@ -940,7 +942,7 @@ impl NetSetup {
                  addresses = [\"127.0.0.0/8\"]\n\
                  sandbox = [\"http://localhost:{p}/\", \"http://localhost:{b}/\"]\n\
                  write-phases = [\"inject\", \"contain\", \"recover\", \"verify\"]\n\
-                 [exec.restore-primary]\nprogram = {prog:?}\nargs = [\"*\", \"primary\"]\ntimeout = \"20s\"\n\
+                 [exec.restore-primary]\nprogram = {prog:?}\nargs = [\"*\", \"primary\"]\ntimeout = \"20s\"\nleaves-running = true\n\
                  write-phases = [\"recover\", \"verify\"]\n",
                 prog = fixture("start-app.sh"),
             ),
@@ -1067,6 +1069,7 @@ impl BreachSetup {
         let base = mariadb_url();
         let base = base.rsplit_once('/').unwrap().0.to_string();
         let db = format!("drhost_bk_sec_{}", unique().replace('-', "_"));
+        create_reader(&format!("{base}/test")).await;
         let mut c = sqlx::MySqlConnection::connect(&format!("{base}/test"))
             .await
             .unwrap();
@@ -1089,11 +1092,12 @@ impl BreachSetup {
         std::fs::write(
             &policy,
             format!(
-                "[db.app]\nurl = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
+                "[db.app]\nurl = \"{}\"\nread-url = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
                  [s3.logs]\npath = \"logs\"\naccess = [\"read\", \"list\", \"write\"]\nsandbox = true\n\
                  [s3.evidence]\npath = \"evidence\"\naccess = [\"read\", \"write\"]\nwrite-once = true\n\
                  [http]\nallow = [{}]\n",
                 self.url,
+                as_reader(&self.url),
                 urls.join(", ")
             ),
         )
@@ -1234,6 +1238,25 @@ fn port_of(url: &str) -> u16 {
         .unwrap()
 }
 
+/// The account drill policies name in `read-url` (SELECT and SLAVE MONITOR
+/// on everything): root's server privileges reach past a read-only
+/// transaction, so drhost never reads through root in a read-only phase.
+async fn create_reader(admin: &str) {
+    run_sql(
+        admin,
+        "CREATE USER IF NOT EXISTS 'drhost_reader'@'%' IDENTIFIED BY 'drhost-reader'; \
+         CREATE USER IF NOT EXISTS 'drhost_reader'@'localhost' IDENTIFIED BY 'drhost-reader'; \
+         GRANT SELECT, SLAVE MONITOR ON *.* TO 'drhost_reader'@'%'; \
+         GRANT SELECT, SLAVE MONITOR ON *.* TO 'drhost_reader'@'localhost'",
+    )
+    .await;
+}
+
+/// `url` with root replaced by the reader account.
+fn as_reader(url: &str) -> String {
+    url.replacen("root@", "drhost_reader:drhost-reader@", 1)
+}
+
 async fn run_sql(url: &str, sql: &str) {
     use sqlx::Connection;
     let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
@@ -1266,6 +1289,8 @@ impl DbSetup {
         )
         .await;
         let db = format!("drhost_bk_dbf_{}", unique().replace('-', "_"));
+        // Replicated before the database, which the replica is awaited for.
+        create_reader(&primary).await;
         run_sql(&primary, &format!("CREATE DATABASE {db}")).await;
         // The standby a backup is restored into: the replica's own, not replicated.
         run_sql(
@@ -1320,14 +1345,17 @@ impl DbSetup {
         std::fs::write(
             &policy,
             format!(
-                "[db.primary]\nurl = \"{via_proxy}\"\naccess = \"read-write\"\nsandbox = true\n\
-                 [db.replica]\nurl = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
-                 [db.standby]\nurl = \"{}\"\naccess = \"read-write\"\n\
+                "[db.primary]\nurl = \"{via_proxy}\"\nread-url = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
+                 [db.replica]\nurl = \"{}\"\nread-url = \"{}\"\naccess = \"read-write\"\nsandbox = true\n\
+                 [db.standby]\nurl = \"{}\"\nread-url = \"{}\"\naccess = \"read-write\"\n\
                  [backup.app]\naccess = [\"list\", \"verify\", \"restore\"]\nrestore-to = [\"standby\"]\n\
                  [s3.config]\npath = \"config\"\naccess = [\"write\"]\n\
                  [http]\nallow = [\"{control}/\"]\nsandbox = [\"{control}/\"]\n",
+                as_reader(&via_proxy),
                 self.url(&replica, ""),
+                as_reader(&self.url(&replica, "")),
                 self.url(&replica, "_standby"),
+                as_reader(&self.url(&replica, "_standby")),
             ),
         )
         .unwrap();
@@ -1530,7 +1558,7 @@ fn assert_runbook(r: &orchestrator::RunReport) {
 
 fn app_grants(port: u16) -> String {
     format!(
-        "[exec.restart-app]\nprogram = {:?}\nargs = [\"{port}\", \"app\"]\ntimeout = \"20s\"\n",
+        "[exec.restart-app]\nprogram = {:?}\nargs = [\"{port}\", \"app\"]\ntimeout = \"20s\"\nleaves-running = true\n",
         fixture("restart-app.sh")
     )
 }
@@ -1648,6 +1676,8 @@ async fn database_runbook_follows_the_plan_line_by_line() {
         &format!("CREATE DATABASE {db}; CREATE DATABASE {db}_standby"),
     )
     .await;
+    create_reader(&format!("{base}/test")).await;
+    let reader = as_reader(&base);
     let (control, proxy) = (free_port(), free_port());
     let mut proxy_process = start_fixture(
         "tcpproxy.py",
@@ -1679,8 +1709,10 @@ async fn database_runbook_follows_the_plan_line_by_line() {
         ],
     );
     let policy = format!(
-        "[db.app]\nurl = \"mysql://root@127.0.0.1:{proxy}/{db}\"\naccess = \"read-write\"\nsandbox = true\n\
-         [db.standby]\nurl = \"{base}/{db}_standby\"\naccess = \"read-write\"\n\
+        "[db.app]\nurl = \"mysql://root@127.0.0.1:{proxy}/{db}\"\n\
+         read-url = \"mysql://drhost_reader:drhost-reader@127.0.0.1:{proxy}/{db}\"\n\
+         access = \"read-write\"\nsandbox = true\n\
+         [db.standby]\nurl = \"{base}/{db}_standby\"\nread-url = \"{reader}/{db}_standby\"\naccess = \"read-write\"\n\
          [backup.app]\naccess = [\"create\", \"list\", \"verify\", \"restore\"]\nrestore-to = [\"standby\"]\nsandbox = true\n\
          [s3.config]\npath = \"config\"\naccess = [\"write\"]\n\
          [http]\nallow = [\"http://127.0.0.1:{control}/\", \"http://127.0.0.1:{app}/\"]\nsandbox = [\"http://127.0.0.1:{control}/\"]\n{}",

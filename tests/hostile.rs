@@ -10,6 +10,7 @@ use common::*;
 use sqlx::Connection;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::str::FromStr;
 use std::sync::Arc;
 
 fn drhost() -> Command {
@@ -40,6 +41,9 @@ async fn run_sql(url: &str, sql: &[&str]) {
 struct Db {
     engine: Engine,
     url: String,
+    /// Servers only: an account that may only read the database (the
+    /// policies' `read-url`).
+    read_url: Option<String>,
 }
 
 impl Db {
@@ -78,7 +82,63 @@ impl Db {
             ],
         };
         run_sql(&url, fixture).await;
-        Db { engine, url }
+        let read_url = match engine {
+            Engine::MariaDb => {
+                run_sql(
+                    &url,
+                    &[
+                        "CREATE USER IF NOT EXISTS 'drhost_hostile_ro'@'%' IDENTIFIED BY 'ro-secret'",
+                        "CREATE USER IF NOT EXISTS 'drhost_hostile_ro'@'localhost' IDENTIFIED BY 'ro-secret'",
+                        &format!("GRANT SELECT ON {name}.* TO 'drhost_hostile_ro'@'%'"),
+                        &format!("GRANT SELECT ON {name}.* TO 'drhost_hostile_ro'@'localhost'"),
+                    ],
+                )
+                .await;
+                Some(url.replacen("root@", "drhost_hostile_ro:ro-secret@", 1))
+            }
+            Engine::Postgres => {
+                // A role that can only read: no TEMP, no large objects.
+                run_sql(
+                    &url,
+                    &[
+                        "DO $$ BEGIN CREATE ROLE drhost_hostile_ro LOGIN; \
+                         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+                        &format!("REVOKE TEMP ON DATABASE {name} FROM PUBLIC"),
+                        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+                        "REVOKE EXECUTE ON FUNCTION lo_from_bytea(oid, bytea), lo_create(oid), lo_creat(integer), \
+                         lo_put(oid, bigint, bytea), lo_import(text), lo_import(text, oid), lo_unlink(oid), \
+                         lowrite(integer, bytea), lo_truncate(integer, integer), lo_truncate64(integer, bigint) FROM PUBLIC",
+                        &format!("GRANT CONNECT ON DATABASE {name} TO drhost_hostile_ro"),
+                        "GRANT USAGE ON SCHEMA public TO drhost_hostile_ro",
+                        "GRANT SELECT ON t TO drhost_hostile_ro",
+                    ],
+                )
+                .await;
+                let user = url.split("://").nth(1).and_then(|r| r.split('@').next());
+                Some(match user {
+                    Some(u) => url.replacen(&format!("{u}@"), "drhost_hostile_ro@", 1),
+                    None => unreachable!("{url} names no user"),
+                })
+            }
+            Engine::Sqlite => None,
+        };
+        Db {
+            engine,
+            url,
+            read_url,
+        }
+    }
+
+    /// The `[db.main]` table of a read-write grant, with `read-url` on servers.
+    fn grant(&self) -> String {
+        let mut g = format!(
+            "[db.main]\nurl = \"{}\"\naccess = \"read-write\"\n",
+            self.url
+        );
+        if let Some(r) = &self.read_url {
+            g.push_str(&format!("read-url = \"{r}\"\n"));
+        }
+        g
     }
 
     /// Every row of `t`, the tables, and the sequence's position.
@@ -199,6 +259,10 @@ struct Scene {
     url: String,
     requests: Requests,
     attach: PathBuf,
+    /// Where a database server could write files (a world-writable folder).
+    server_file: String,
+    /// PostgreSQL: a session a plugin might try to terminate.
+    victim: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
 impl Scene {
@@ -210,18 +274,33 @@ impl Scene {
         let (port, requests) = http_sink();
         let url = format!("http://127.0.0.1:{port}/hook");
         let attach = dir.path().join("attached.db");
+        let server_file = format!("/tmp/drhost-hostile-{}", unique());
+        let victim = match engine {
+            Engine::Postgres => {
+                let opts = sqlx::postgres::PgConnectOptions::from_str(&postgres_url())
+                    .unwrap()
+                    .application_name("drhost-victim");
+                Some(sqlx::PgConnection::connect_with(&opts).await.unwrap())
+            }
+            _ => None,
+        };
         let s = Scene {
             dir,
             db,
             url,
             requests,
             attach,
+            server_file,
+            victim: tokio::sync::Mutex::new(victim),
         };
         let store =
             drhost::caps::state::StateCap::load(&s.path("state"), "hostile", 1 << 20).unwrap();
         store.set("url", s.url.clone().into_bytes()).unwrap();
         store
             .set("attach", s.attach.display().to_string().into_bytes())
+            .unwrap();
+        store
+            .set("server-file", s.server_file.clone().into_bytes())
             .unwrap();
         store.persist().unwrap();
         s
@@ -239,10 +318,10 @@ impl Scene {
             format!(
                 "[plugin]\nscenario = \"hostile\"\n\n\
                  [s3.primary]\npath = \"bucket\"\naccess = [\"read\", \"list\", \"write\", \"delete\"]\n\n\
-                 [db.main]\nurl = \"{}\"\naccess = \"read-write\"\n\n\
+                 {}\n\
                  [http]\nallow = [\"{}\"]\n\n\
                  [exec.touch]\nprogram = \"/usr/bin/touch\"\nargs = [\"*\"]\n\n{extra}",
-                self.db.url, self.url
+                self.db.grant(), self.url
             ),
         )
         .unwrap();
@@ -303,6 +382,32 @@ impl Scene {
             !self.attach.exists(),
             "ATTACH or VACUUM INTO created a file"
         );
+    }
+
+    /// Nothing the `server-writes` statements aim at changed: no server
+    /// file, no global setting, the victim session alive.
+    async fn assert_server_untouched(&self) {
+        for ext in ["copy", "program", "outfile"] {
+            let f = format!("{}.{ext}", self.server_file);
+            assert!(!Path::new(&f).exists(), "the database server wrote {f}");
+        }
+        match self.db.engine {
+            Engine::MariaDb => {
+                let mut c = sqlx::MySqlConnection::connect(&self.db.url).await.unwrap();
+                let n: u64 = sqlx::query_scalar("SELECT @@GLOBAL.max_connections")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                assert_ne!(n, 4321, "SET GLOBAL reached the server");
+            }
+            Engine::Postgres => {
+                let mut v = self.victim.lock().await;
+                let c = v.as_mut().unwrap();
+                let alive: Result<i32, _> = sqlx::query_scalar("SELECT 1").fetch_one(c).await;
+                assert!(alive.is_ok(), "the victim session was terminated");
+            }
+            Engine::Sqlite => {}
+        }
     }
 }
 
@@ -469,6 +574,8 @@ async fn a_plan_changes_nothing(engine: Engine) {
         );
     }
     s.assert_untouched_outside_the_database();
+    s.assert_server_untouched().await;
+    assert_eq!(through(&report, "server-writes"), Vec::<String>::new());
     assert_eq!(s.db.fingerprint().await, before, "{engine:?}");
     // The declared mutations are on record as planned.
     let log = audit_of(&report);
@@ -800,6 +907,12 @@ async fn verify_steps_only_read_by_default(engine: Engine) {
         "{report:#}"
     );
     s.assert_untouched_outside_the_database();
+    s.assert_server_untouched().await;
+    assert_eq!(
+        through(&report, "server-writes"),
+        Vec::<String>::new(),
+        "{report:#}"
+    );
     assert_eq!(s.db.fingerprint().await, before, "{engine:?}");
     let log = audit_of(&report);
     let put = calls(&log, "verify-writes")
@@ -827,6 +940,79 @@ async fn verify_steps_only_read_by_default_on_postgres() {
 #[tokio::test]
 async fn verify_steps_only_read_by_default_on_sqlite() {
     verify_steps_only_read_by_default(Engine::Sqlite).await;
+}
+
+/// Root reads nothing for a read-only mode: a read-only transaction would
+/// not stop its server statements, so without `read-url` every read-only
+/// query on it is refused, naming the remedy.
+async fn a_privileged_account_never_serves_a_read_only_mode(engine: Engine) {
+    let s = Scene::new(engine).await;
+    let policy = s.path("root.policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[plugin]\nscenario = \"hostile\"\n\n\
+             [db.main]\nurl = \"{}\"\naccess = \"read-write\"\n",
+            s.db.url
+        ),
+    )
+    .unwrap();
+    let (report, _) = s.run(&["--phase", "verify"], &policy);
+    assert_eq!(through(&report, "server-writes"), Vec::<String>::new());
+    assert_eq!(through(&report, "verify-reads"), Vec::<String>::new());
+    s.assert_server_untouched().await;
+    let log = audit_of(&report);
+    let refused: Vec<_> = calls(&log, "server-writes")
+        .into_iter()
+        .filter(|r| r["interface"] == "db")
+        .collect();
+    assert_eq!(refused.len(), 5, "{log:#?}");
+    for r in refused {
+        assert_eq!(r["decision"], "deny", "{r}");
+        let why = r["error"].as_str().unwrap_or_default();
+        assert!(why.contains("add read-url to [db.main]"), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn a_privileged_account_never_serves_a_read_only_mode_on_mariadb() {
+    a_privileged_account_never_serves_a_read_only_mode(Engine::MariaDb).await;
+}
+
+#[tokio::test]
+async fn a_privileged_account_never_serves_a_read_only_mode_on_postgres() {
+    a_privileged_account_never_serves_a_read_only_mode(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_read_url_that_can_write_is_refused() {
+    let s = Scene::new(Engine::Postgres).await;
+    let policy = s.path("bad-read-url.policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[plugin]\nscenario = \"hostile\"\n\n\
+             [db.main]\nurl = \"{0}\"\naccess = \"read-write\"\nread-url = \"{0}\"\n",
+            s.db.url
+        ),
+    )
+    .unwrap();
+    let (report, _) = s.run(&["--phase", "verify"], &policy);
+    assert_eq!(through(&report, "verify-reads"), Vec::<String>::new());
+    let log = audit_of(&report);
+    let r = calls(&log, "verify-reads")
+        .into_iter()
+        .find(|r| r["interface"] == "db")
+        .unwrap()
+        .clone();
+    assert_eq!(r["decision"], "deny", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("read-url names a role that can write"),
+        "{r}"
+    );
 }
 
 #[tokio::test]

@@ -112,9 +112,21 @@ async fn a_trap_fails_the_step_with_its_message_and_the_host_goes_on() {
     match step(&caps, "trap", &[]).await {
         Err(CallFailure::Trap { step, message }) => {
             assert_eq!(step, "trap");
-            assert!(!message.is_empty());
+            // The kind of trap and the panic's own message, in one line.
+            assert_eq!(
+                message,
+                "unreachable (the guest aborted): probe was asked to trap"
+            );
         }
         other => panic!("expected a trap, got {other:?}"),
+    }
+    match step(&caps, "recurse", &[]).await {
+        Err(CallFailure::Trap { message, .. }) => {
+            // Rust keeps its stack in linear memory: an overflow is an
+            // out-of-bounds access there, and says so.
+            assert!(message.contains("stack overflow"), "{message}")
+        }
+        other => panic!("expected a stack overflow, got {other:?}"),
     }
     ok(&caps, "noop", &[]).await;
 }
@@ -351,7 +363,10 @@ async fn conformance_reports_traps_undeclared_writes_and_nondeterminism() {
     let (ok, detail) = verdict("random", "deterministic");
     assert!(!ok && detail.contains("outcomes differ"), "{detail}");
     let (ok, detail) = verdict("trap", "returns an outcome");
-    assert!(!ok && detail.contains("trapped"), "{detail}");
+    assert!(
+        !ok && detail.contains("trapped") && detail.contains("probe was asked to trap"),
+        "{detail}"
+    );
     let (ok, detail) = verdict("spin", "behaves under denial");
     assert!(!ok && detail.contains("exceeded its budget"), "{detail}");
     for check in [

@@ -81,7 +81,7 @@ async fn storage_failover_detects_restores_and_verifies_then_finds_all_healthy()
     // The log verifies, against its head in the state directory too.
     let head = audit::load_head(&dir.path().join("state"), &report.run_id).expect("head stored");
     assert!(matches!(
-        audit::verify(&report.audit_log, Some(&head)).unwrap(),
+        audit::verify(&report.audit_log, Some(&head), None).unwrap(),
         Verdict::Ok { .. }
     ));
     let records = audit::read(&report.audit_log).unwrap();
@@ -574,4 +574,76 @@ async fn storage_failover_in_three_languages_recovers_with_the_same_calls() {
         assert_eq!(steps, &seen[0].1, "{name}: outcomes and findings");
         assert_eq!(calls, &seen[0].2, "{name}: capability calls");
     }
+}
+
+/// Starts `drhost run` of the probe's contain phase (one step that spins to
+/// its budget) and sends `signal` once the log shows that step has started.
+/// Returns the log, or `None` when the run ended before the signal (a very
+/// loaded machine): the caller tries again.
+fn killed_in_first_step(dir: &Path, signal: i32) -> Option<std::path::PathBuf> {
+    let runs = dir.join(format!("runs-{}", unique()));
+    let mut child = drhost()
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["run", "--phase", "contain", "--out"])
+        .arg(&runs)
+        .arg(plugin_path("probe"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        let found = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("audit.jsonl"))
+            .filter(|log| {
+                std::fs::read_to_string(log)
+                    .is_ok_and(|t| t.contains("\"type\":\"step-start\"") && t.contains("\"spin\""))
+            });
+        if let Some(log) = found {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let status = child.wait().unwrap();
+    // It died of the signal, not of the end of its step.
+    (status.code().is_none()).then_some(log)
+}
+
+fn a_run_killed_in_its_first_step_verifies_as_incomplete(signal: i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = (0..3)
+        .find_map(|_| killed_in_first_step(dir.path(), signal))
+        .expect("the run ended before it could be killed, three times");
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("INCOMPLETE: "), "{said}");
+    assert_eq!(out.status.code(), Some(1));
+    // The header and the step's start are there.
+    let records = audit::read(&log).unwrap();
+    assert_eq!(records[0].record["type"], "run-start");
+    assert!(records.iter().any(|r| r.record["type"] == "step-start"));
+}
+
+#[test]
+fn a_run_killed_by_sigkill_in_its_first_step_verifies_as_incomplete() {
+    a_run_killed_in_its_first_step_verifies_as_incomplete(libc::SIGKILL);
+}
+
+#[test]
+fn a_run_killed_by_sigterm_in_its_first_step_verifies_as_incomplete() {
+    a_run_killed_in_its_first_step_verifies_as_incomplete(libc::SIGTERM);
 }

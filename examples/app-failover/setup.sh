@@ -19,6 +19,7 @@ sandbox = ["http://127.0.0.1:$blue/"]      # the inject step may crash the prima
 
 [exec.restart-app]
 program = "$fixtures/start-app.sh"
+leaves-running = true        # the application server it starts outlives it
 args = ["$blue", "blue"]
 timeout = "20s"
 TOML

@@ -8,6 +8,7 @@ rm -rf "$work/backups"
 port=$(free_port)
 start_mariadb binlog "$port" --server-id=1 --log-bin=binlog --binlog-format=ROW
 sql "$port" "CREATE DATABASE shop"
+read_account "$port"
 { backup_keys; cat <<TOML
 [sources.app]
 kind = "mariadb"
@@ -23,6 +24,7 @@ scenario = "$scenario"       # names the state store; the plugin must declare it
 
 [db.app]
 url = "mysql://root@127.0.0.1:$port/shop"
+read-url = "mysql://drhost_ro:drhost-ro@127.0.0.1:$port/shop"   # what detect reads through
 access = "read-write"
 sandbox = true
 write-phases = ["inject", "contain", "recover", "verify"]   # verify lifts read-only once the data validates

@@ -10,6 +10,7 @@ start_mariadb primary "$pport" --server-id=11 --log-bin=binlog --binlog-format=R
 start_mariadb replica "$rport" --server-id=12 --log-bin=binlog --binlog-format=ROW --log-slave-updates --read-only=ON
 sql "$rport" "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=$pport, MASTER_USER='root',
     MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos; START SLAVE"
+read_account "$pport"        # replicated, like the database
 sql "$pport" "CREATE DATABASE app"
 for _ in $(seq 1 200); do
     [ "$(mariadb --no-defaults -h 127.0.0.1 -P "$rport" -u root -N -e "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'app'")" = 1 ] && break
@@ -37,16 +38,19 @@ scenario = "$scenario"       # names the state store; the plugin must declare it
 
 [db.primary]                  # what the application uses: through the proxy
 url = "mysql://root@127.0.0.1:$proxy/app"
+read-url = "mysql://drhost_ro:drhost-ro@127.0.0.1:$proxy/app"   # what detect and verify read through
 access = "read-write"
 sandbox = true
 
 [db.replica]
 url = "mysql://root@127.0.0.1:$rport/app"
+read-url = "mysql://drhost_ro:drhost-ro@127.0.0.1:$rport/app"
 access = "read-write"         # promotion stops replication and lifts read-only
 sandbox = true
 
 [db.standby]
 url = "mysql://root@127.0.0.1:$rport/app_standby"
+read-url = "mysql://drhost_ro:drhost-ro@127.0.0.1:$rport/app_standby"
 access = "read-write"
 
 [backup.app]

@@ -26,6 +26,7 @@ write-phases = ["inject", "contain", "recover", "verify"]   # fail-back (verify)
 
 [exec.restore-primary]
 program = "$fixtures/start-app.sh"
+leaves-running = true        # the application server it starts outlives it
 args = ["$primary", "primary"]
 timeout = "20s"
 write-phases = ["recover", "verify"]

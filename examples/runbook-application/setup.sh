@@ -21,6 +21,7 @@ args = ["-n", "100", "$work/app.log"]
 
 [exec.restart-app]
 program = "$fixtures/restart-app.sh"
+leaves-running = true        # the application server it starts outlives it
 args = ["$app", "app"]
 timeout = "20s"
 TOML

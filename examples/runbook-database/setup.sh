@@ -9,6 +9,7 @@ rm -rf "$work/backups" "$work/config"
 port=$(free_port) control=$(free_port) proxy=$(free_port) app=$(free_port)
 start_mariadb db "$port"
 sql "$port" "CREATE DATABASE app; CREATE DATABASE app_standby"
+read_account "$port"
 bg proxy python3 "$fixtures/tcpproxy.py" "$control" "$proxy" "$port"
 wait_http "http://127.0.0.1:$control/health"
 start_app "$app" app
@@ -31,11 +32,13 @@ scenario = "$scenario"       # names the state store; the plugin must declare it
 
 [db.app]
 url = "mysql://root@127.0.0.1:$proxy/app"
+read-url = "mysql://drhost_ro:drhost-ro@127.0.0.1:$proxy/app"   # what detect and verify read through
 access = "read-write"
 sandbox = true
 
 [db.standby]
 url = "mysql://root@127.0.0.1:$port/app_standby"
+read-url = "mysql://drhost_ro:drhost-ro@127.0.0.1:$port/app_standby"
 access = "read-write"
 
 [backup.app]
@@ -53,6 +56,7 @@ sandbox = ["http://127.0.0.1:$control/"]
 
 [exec.restart-app]
 program = "$fixtures/restart-app.sh"
+leaves-running = true        # the application server it starts outlives it
 args = ["$app", "app"]
 timeout = "20s"
 TOML

@@ -30,6 +30,7 @@ allow = ["http://127.0.0.1:$app/"]
 
 [exec.restart-app]
 program = "$fixtures/restart-app.sh"
+leaves-running = true        # the application server it starts outlives it
 args = ["$app", "app"]
 timeout = "20s"
 TOML

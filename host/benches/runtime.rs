@@ -334,6 +334,14 @@ async fn main() {
         Some("~0.1 µs (host call)".into()),
     );
 
+    // 2b. How far past its budget a step ends, per kind of wait. Baseline:
+    // a guest busy in its own code, stopped by the epoch deadline.
+    if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "budgets")
+        || std::env::var("DRHOST_BENCH_ONLY").is_err()
+    {
+        budget_overruns(&runtime, &probe, dir.path()).await;
+    }
+
     // 3. Whole `drhost run` of a trivial plugin, cache warm (Rust, then Python).
     let bin = env!("CARGO_BIN_EXE_drhost");
     let state = dir.path().join("state");
@@ -469,6 +477,93 @@ async fn main() {
             format!("{growth:.1} MiB"),
             "< 100 MiB",
             Some(format!("{rate:.0} MiB/s")),
+        );
+    }
+}
+
+/// Runs each kind of endless wait under a 1 s budget, five times, and prints
+/// how long past the budget the step ended (median and worst).
+async fn budget_overruns(runtime: &Runtime, probe: &drhost::runtime::Plugin, dir: &Path) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("port").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/never");
+    let mut toml = format!(
+        "[http]\nallow = [\"{url}\"]\n\
+         [exec.nap]\nprogram = \"/bin/sleep\"\nargs = [\"*\"]\ntimeout = \"10m\"\n\
+         [db.s]\nurl = \"sqlite://{}?mode=rwc\"\naccess = \"read-write\"\n",
+        dir.join("budget.db").display()
+    );
+    let mariadb = std::env::var("DRHOST_BENCH_MARIADB").ok();
+    let postgres = std::env::var("DRHOST_BENCH_POSTGRES").ok();
+    if let Some(u) = &mariadb {
+        toml.push_str(&format!("[db.m]\nurl = \"{u}\"\naccess = \"read-write\"\n"));
+    }
+    if let Some(u) = &postgres {
+        toml.push_str(&format!("[db.p]\nurl = \"{u}\"\naccess = \"read-write\"\n"));
+    }
+    let mut p = Policy::parse(&toml).expect("policy");
+    p.source = Some(dir.join("policy.toml"));
+    let p = Arc::new(p);
+    let caps = Arc::new(
+        build_caps(&p, None, StateCap::ephemeral(0), false, None)
+            .await
+            .expect("caps"),
+    );
+    let endless =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let mut cases: Vec<(&str, &str, Vec<Finding>)> = vec![
+        ("guest code (epoch deadline): baseline", "spin", vec![]),
+        ("WASI clock wait", "wasi-sleep", vec![]),
+        (
+            "HTTP GET, server never answers",
+            "http.get",
+            vec![f("url", &url)],
+        ),
+        (
+            "SQLite endless statement",
+            "db.query",
+            vec![f("conn", "s"), f("sql", endless)],
+        ),
+        (
+            "exec of sleep 600",
+            "exec.run",
+            vec![f("name", "nap"), f("arg", "600")],
+        ),
+    ];
+    if mariadb.is_some() {
+        cases.push((
+            "MariaDB SELECT SLEEP(600)",
+            "db.query",
+            vec![f("conn", "m"), f("sql", "SELECT SLEEP(600)")],
+        ));
+    }
+    if postgres.is_some() {
+        cases.push((
+            "PostgreSQL pg_sleep(600)",
+            "db.query",
+            vec![f("conn", "p"), f("sql", "SELECT pg_sleep(600)")],
+        ));
+    }
+    let budget = Duration::from_secs(1);
+    for (label, step, args) in cases {
+        let mut over = Vec::new();
+        for _ in 0..5 {
+            let s = Instant::now();
+            let _ = runtime.run_step(probe, &caps, step, &args, budget).await;
+            over.push(s.elapsed().saturating_sub(budget));
+        }
+        let worst = over.iter().max().copied().unwrap_or_default();
+        row(
+            &format!("past a 1 s budget: {label}"),
+            format!("{:.0} ms", median(over).as_secs_f64() * 1e3),
+            "≤ 1000 ms",
+            Some(format!("worst {:.0} ms", worst.as_secs_f64() * 1e3)),
         );
     }
 }

@@ -32,6 +32,7 @@ pub struct AuditWriter {
     path: PathBuf,
     prev: String,
     seq: u64,
+    bytes: u64,
 }
 
 impl AuditWriter {
@@ -53,11 +54,17 @@ impl AuditWriter {
             path: path.to_path_buf(),
             prev: GENESIS.to_string(),
             seq: 0,
+            bytes: 0,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The hash of the last record written.
@@ -103,6 +110,7 @@ impl AuditWriter {
                 path: self.path.clone(),
                 source,
             })?;
+        self.bytes += (LINE_PREFIX.len() + hash.len() + RECORD_KEY.len() + body.len() + 2) as u64;
         self.prev = hash;
         self.seq += 1;
         Ok(())
@@ -173,8 +181,13 @@ fn split_line(text: &str) -> Result<(&str, &str), String> {
 }
 
 /// Verifies a log file. `expected_head`, when known (from the host's state
-/// directory), must equal the hash of the last record.
-pub fn verify(path: &Path, expected_head: Option<&str>) -> Result<Verdict, AuditError> {
+/// directory), must equal the hash of the last record; `run_id`, when
+/// known (the log's folder), must be the one its header names.
+pub fn verify(
+    path: &Path,
+    expected_head: Option<&str>,
+    run_id: Option<&str>,
+) -> Result<Verdict, AuditError> {
     let file = File::open(path).map_err(|source| AuditError::Io {
         path: path.to_path_buf(),
         source,
@@ -227,6 +240,16 @@ pub fn verify(path: &Path, expected_head: Option<&str>) -> Result<Verdict, Audit
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
+        if last_type == "run-start"
+            && let Some(expected) = run_id
+        {
+            let said = record.get("run_id").and_then(Value::as_str).unwrap_or("");
+            if said != expected {
+                return broken(format!(
+                    "the log is of run {said:?} but sits in the folder of run {expected:?}: it was moved or replaced"
+                ));
+            }
+        }
         prev = stated.to_string();
         records += 1;
     }
@@ -364,7 +387,12 @@ pub fn render_timeline(lines: &[Line]) -> String {
             ),
             other => format!("{other}: {}", Value::Object(r.clone())),
         };
-        out.push_str(&format!("{time}  {line}\n"));
+        // Every field may hold guest text: one record, one line.
+        out.push_str(&format!(
+            "{}  {}\n",
+            crate::text::terminal(time),
+            crate::text::terminal(&line)
+        ));
     }
     out
 }
@@ -376,6 +404,9 @@ mod tests {
     fn write_log(dir: &Path, n: usize, finish: bool) -> PathBuf {
         let path = dir.join("audit.jsonl");
         let mut w = AuditWriter::create(&path).unwrap();
+        let mut start = Map::new();
+        start.insert("run_id".into(), json!("20261130T120000Z-abcdef"));
+        w.append("run-start", start).unwrap();
         for i in 0..n {
             let mut m = Map::new();
             m.insert("i".into(), json!(i));
@@ -405,8 +436,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_log(dir.path(), 5, true);
         assert!(matches!(
-            verify(&path, None).unwrap(),
-            Verdict::Ok { records: 6, .. }
+            verify(&path, None, None).unwrap(),
+            Verdict::Ok { records: 7, .. }
         ));
     }
 
@@ -424,7 +455,7 @@ mod tests {
             let mut bytes = original.clone();
             bytes[i] ^= 0x01;
             std::fs::write(&path, &bytes).unwrap();
-            match verify(&path, None).unwrap() {
+            match verify(&path, None, None).unwrap() {
                 Verdict::Broken { line: l, .. } => assert_eq!(l, line, "byte {i}"),
                 v => panic!("flipping byte {i} went unnoticed: {v:?}"),
             }
@@ -441,7 +472,7 @@ mod tests {
         deleted.remove(2);
         rewrite(&path, &deleted);
         assert!(matches!(
-            verify(&path, None).unwrap(),
+            verify(&path, None, None).unwrap(),
             Verdict::Broken { line: 3, .. }
         ));
 
@@ -449,7 +480,7 @@ mod tests {
         inserted.insert(1, orig[3].clone());
         rewrite(&path, &inserted);
         assert!(matches!(
-            verify(&path, None).unwrap(),
+            verify(&path, None, None).unwrap(),
             Verdict::Broken { line: 2, .. }
         ));
 
@@ -457,7 +488,7 @@ mod tests {
         swapped.swap(1, 2);
         rewrite(&path, &swapped);
         assert!(matches!(
-            verify(&path, None).unwrap(),
+            verify(&path, None, None).unwrap(),
             Verdict::Broken { line: 2, .. }
         ));
     }
@@ -470,7 +501,7 @@ mod tests {
         l[1] = l[1].replacen("\"hash\":\"", "\"hash\":\"é", 1);
         rewrite(&path, &l);
         assert!(matches!(
-            verify(&path, None).unwrap(),
+            verify(&path, None, None).unwrap(),
             Verdict::Broken { line: 2, .. }
         ));
     }
@@ -480,8 +511,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_log(dir.path(), 3, false);
         assert!(matches!(
-            verify(&path, None).unwrap(),
-            Verdict::Incomplete { records: 3, .. }
+            verify(&path, None, None).unwrap(),
+            Verdict::Incomplete { records: 4, .. }
         ));
     }
 
@@ -489,15 +520,36 @@ mod tests {
     fn a_log_rewritten_from_scratch_is_caught_by_the_stored_head() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_log(dir.path(), 3, true);
-        let Verdict::Ok { head, .. } = verify(&path, None).unwrap() else {
+        let Verdict::Ok { head, .. } = verify(&path, None, None).unwrap() else {
             panic!("fresh log must verify")
         };
         std::fs::remove_file(&path).unwrap();
         let forged = write_log(dir.path(), 2, true);
-        assert!(matches!(verify(&forged, None).unwrap(), Verdict::Ok { .. }));
         assert!(matches!(
-            verify(&forged, Some(&head)).unwrap(),
-            Verdict::Broken { line: 3, .. }
+            verify(&forged, None, None).unwrap(),
+            Verdict::Ok { .. }
+        ));
+        assert!(matches!(
+            verify(&forged, Some(&head), None).unwrap(),
+            Verdict::Broken { line: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn a_log_in_another_runs_folder_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_log(dir.path(), 3, true);
+        let said = read(&path).unwrap()[0].record["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(matches!(
+            verify(&path, None, Some(&said)).unwrap(),
+            Verdict::Ok { .. }
+        ));
+        assert!(matches!(
+            verify(&path, None, Some("20261130T000000Z-other")).unwrap(),
+            Verdict::Broken { line: 1, .. }
         ));
     }
 }

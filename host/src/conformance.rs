@@ -151,7 +151,7 @@ pub async fn test(
             });
         }
     };
-    let valid = validate_info(&info);
+    let valid = validate_info(&info, &policy.limits);
     checks.push(Check {
         step: None,
         check: "metadata is valid",
@@ -256,10 +256,9 @@ pub fn render(report: &Report) -> String {
         out.push_str(&format!(
             "  [{}] {:<24} {:<24} {}\n",
             if c.passed { "PASS" } else { "FAIL" },
-            c.step.as_deref().unwrap_or("(plugin)"),
+            crate::text::terminal(c.step.as_deref().unwrap_or("(plugin)")),
             c.check,
-            // Trap messages carry a backtrace: its first line says enough here.
-            c.detail.lines().next().unwrap_or_default()
+            crate::text::terminal(&c.detail)
         ));
     }
     let failed = report.checks.iter().filter(|c| !c.passed).count();

@@ -505,10 +505,11 @@ impl db::Host for HostState {
         // where the grant may not write, the query runs in the engine's
         // read-only mode, whatever its text says.
         let read_only = caps.gate.read_only(&decision);
+        let time = self.remaining();
         Ok(caps
             .gate
             .call(call, decision, || {
-                caps.db.query(&connection, &sql, &params, read_only)
+                caps.db.query(&connection, &sql, &params, read_only, time)
             })
             .await)
     }
@@ -524,10 +525,11 @@ impl db::Host for HostState {
             .mutating()
             .refused_needs(format!("db.{connection} (the database refused it)"));
         let decision = caps.db.decide(&connection, "execute", true);
+        let time = self.remaining();
         Ok(caps
             .gate
             .call(call, decision, || {
-                caps.db.execute(&connection, &sql, &params)
+                caps.db.execute(&connection, &sql, &params, time)
             })
             .await)
     }
@@ -536,12 +538,13 @@ impl db::Host for HostState {
         let caps = Arc::clone(&self.caps);
         let call = Call::new("db", "invariants", connection.clone());
         let decision = caps.db.decide(&connection, "invariants", false);
+        let time = self.remaining();
         Ok(caps
             .gate
             .call(call, decision, || async {
                 Ok(caps
                     .db
-                    .invariants(&connection)
+                    .invariants(&connection, time)
                     .await?
                     .into_iter()
                     .map(|(name, violations)| db::Invariant { name, violations })

@@ -5,6 +5,7 @@ use crate::orchestrator::{
 };
 use crate::policy::Policy;
 use crate::runtime::Runtime;
+use crate::text::terminal;
 use std::fmt::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +17,13 @@ pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<S
     let probe = read_info(runtime, &plugin, &policy).await?;
     let info = probe.info;
     let mut out = String::new();
-    let _ = writeln!(out, "{} {} — {}", info.name, info.version, info.description);
+    let _ = writeln!(
+        out,
+        "{} {} — {}",
+        terminal(&info.name),
+        terminal(&info.version),
+        terminal(&info.description)
+    );
     let _ = writeln!(
         out,
         "component: {} (sha256 {})",
@@ -31,7 +38,7 @@ pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<S
         };
         let _ = writeln!(out, "provenance: {verdict}");
     }
-    match validate_info(&info) {
+    match validate_info(&info, &policy.limits) {
         Ok(()) => {}
         Err(e) => {
             let _ = writeln!(out, "metadata: INVALID: {e}");
@@ -42,7 +49,7 @@ pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<S
         let _ = writeln!(
             out,
             "  {:<24} {:<12} {}  RTO {} s  RPO {} s",
-            c.name,
+            terminal(&c.name),
             kind_name(c.kind),
             priority_name(c.priority),
             c.rto_seconds,
@@ -54,12 +61,12 @@ pub async fn inspect(runtime: &Runtime, wasm: &Path, policy: Policy) -> Result<S
         let _ = writeln!(
             out,
             "  {:<28} {:<8} {:<20} {:>5} s{}  {}",
-            s.id,
+            terminal(&s.id),
             phase_name(s.phase),
-            s.component,
+            terminal(&s.component),
             s.budget_seconds,
             if s.mutating { "  mutating" } else { "" },
-            s.description
+            terminal(&s.description)
         );
     }
     if probe.calls > 0 {

@@ -20,6 +20,7 @@ pub mod report;
 pub mod runtime;
 pub mod scaffold;
 pub mod serve;
+pub mod text;
 
 /// The wasmtime version drhost is built with (recorded in every audit log).
 pub const WASMTIME_VERSION: &str = "48.0.8";

@@ -6,6 +6,7 @@ use drhost::audit::{self, Verdict};
 use drhost::orchestrator::{self, RunOptions, exit};
 use drhost::policy::Policy;
 use drhost::runtime::Runtime;
+use drhost::text;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -195,7 +196,13 @@ enum StateCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain; name the first record that does not chain.
-    Verify { file: PathBuf },
+    Verify {
+        file: PathBuf,
+        /// Fail (exit 1) when the state directory holds no head for the run:
+        /// a chain alone does not show that the log was not rewritten.
+        #[arg(long)]
+        require_head: bool,
+    },
     /// Print a readable timeline.
     Show { file: PathBuf },
 }
@@ -508,7 +515,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(code)
         }
         Command::Audit {
-            command: AuditCommand::Verify { file },
+            command: AuditCommand::Verify { file, require_head },
         } => {
             let run_id = file
                 .parent()
@@ -516,18 +523,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let head = audit::load_head(&state_dir, &run_id);
-            if head.is_none() {
-                eprintln!(
-                    "note: no recorded head for run {run_id:?} in {}: checking the chain only",
-                    state_dir.display()
-                );
-            }
-            match audit::verify(&file, head.as_deref())
+            match audit::verify(&file, head.as_deref(), Some(&run_id))
                 .with_context(|| format!("verifying {}", file.display()))?
             {
-                Verdict::Ok { records, head } => {
-                    println!("OK: {records} records, chain intact, head {head}");
+                Verdict::Ok { records, head: h } if head.is_some() => {
+                    println!(
+                        "OK: {records} records, chain intact, head {h} matches the head recorded when the run ended"
+                    );
                     Ok(0)
+                }
+                Verdict::Ok { records, head: h } => {
+                    println!(
+                        "OK, NOT ANCHORED: {records} records, chain intact (head {h}), but {} holds no head for run {run_id:?}, so a log rewritten with a recomputed chain would pass too",
+                        state_dir.display()
+                    );
+                    Ok(if require_head { 1 } else { 0 })
                 }
                 Verdict::Incomplete { records, head } => {
                     println!(
@@ -536,7 +546,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     Ok(1)
                 }
                 Verdict::Broken { line, reason } => {
-                    println!("BROKEN at line {line}: {reason}");
+                    println!("BROKEN at line {line}: {}", text::terminal(&reason));
                     Ok(1)
                 }
             }

@@ -5,8 +5,9 @@
 use crate::audit::{self, AuditWriter};
 use crate::bindings::{Finding, Outcome, Phase, ScenarioInfo};
 use crate::caps::{Caps, Gate};
-use crate::policy::Policy;
+use crate::policy::{Limits, Policy};
 use crate::runtime::{CallFailure, LoadError, Plugin, Runtime};
+use crate::text::terminal;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
@@ -164,13 +165,30 @@ pub fn parse_phase(s: &str) -> Option<Phase> {
     })
 }
 
-/// Checks what `info` returned: unique step ids, known components, budgets.
-pub fn validate_info(info: &ScenarioInfo) -> Result<(), String> {
+/// Checks what `info` returned: unique step ids, known components, budgets
+/// within the policy's `[limits] step-seconds`.
+pub fn validate_info(info: &ScenarioInfo, limits: &Limits) -> Result<(), String> {
     if info.name.trim().is_empty() {
         return Err("the scenario has no name".into());
     }
     if info.steps.is_empty() {
-        return Err(format!("scenario {} declares no steps", info.name));
+        return Err(format!(
+            "scenario {} declares no steps",
+            terminal(&info.name)
+        ));
+    }
+    // Names and ids end up in tables, file names and reports: printable only.
+    let names = std::iter::once(&info.name)
+        .chain(std::iter::once(&info.version))
+        .chain(info.components.iter().map(|c| &c.name))
+        .chain(info.steps.iter().flat_map(|s| [&s.id, &s.component]));
+    for n in names {
+        if n.chars().any(crate::text::is_control) {
+            return Err(format!(
+                "{:?} holds control characters; names, versions and step ids must be printable",
+                terminal(n)
+            ));
+        }
     }
     let mut components = HashSet::new();
     for c in &info.components {
@@ -197,6 +215,12 @@ pub fn validate_info(info: &ScenarioInfo) -> Result<(), String> {
         }
         if s.budget_seconds == 0 {
             return Err(format!("step {:?} has a budget of 0 s", s.id));
+        }
+        if u64::from(s.budget_seconds) > limits.step_seconds {
+            return Err(format!(
+                "step {:?} declares a budget of {} s, over the policy's [limits] step-seconds = {}; raise the limit or shorten the step",
+                s.id, s.budget_seconds, limits.step_seconds
+            ));
         }
     }
     Ok(())
@@ -285,7 +309,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
 
     let probe = read_info(runtime, &plugin, &policy).await?;
     let info = probe.info;
-    validate_info(&info).map_err(RunError::Metadata)?;
+    validate_info(&info, &policy.limits).map_err(RunError::Metadata)?;
     let has_inject = info.steps.iter().any(|s| s.phase == Phase::Inject);
     if opts.drill && !has_inject {
         return Err(RunError::Config(format!(
@@ -401,6 +425,7 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         context: Vec::new(),
         results: Vec::new(),
         t0: run_started,
+        run_budget: Duration::from_secs(policy.limits.run_seconds),
     };
     let mut detected_at: Option<Instant> = None;
     let mut detected_components: Vec<String> = Vec::new();
@@ -641,6 +666,10 @@ pub fn check_secrets(policy: &Policy) -> Result<(), RunError> {
         g.url
             .resolve()
             .map_err(|e| RunError::Config(format!("policy [db.{name}] url: {e}")))?;
+        if let Some(u) = &g.read_url {
+            u.resolve()
+                .map_err(|e| RunError::Config(format!("policy [db.{name}] read-url: {e}")))?;
+        }
     }
     for (name, g) in &policy.exec {
         for (var, value) in &g.env {
@@ -686,7 +715,11 @@ pub async fn build_caps(
             backups,
             grants: policy.backup.clone(),
         },
-        gate: Gate::with_mode(audit, plan),
+        gate: {
+            let g = Gate::with_mode(audit, plan);
+            g.set_audit_cap(policy.limits.audit_bytes.0);
+            g
+        },
         exec: crate::caps::exec::ExecCap {
             grants: policy.exec.clone(),
             base_dir: policy
@@ -718,10 +751,22 @@ struct Runner<'a> {
     context: Vec<Finding>,
     results: Vec<StepResult>,
     t0: Instant,
+    /// `[limits] run-seconds`: no step runs past it.
+    run_budget: Duration,
 }
 
 impl Runner<'_> {
     async fn step(&mut self, step: &crate::bindings::Step) -> StepResult {
+        let left = self.run_budget.saturating_sub(self.t0.elapsed());
+        if left.is_zero() {
+            let why = format!(
+                "not started: the run's budget of {} s ([limits] run-seconds) is spent",
+                self.run_budget.as_secs()
+            );
+            self.end_unstarted(step, "failed", &why);
+            tracing::warn!("■ {} {why}", step.id);
+            return self.results[self.results.len() - 1].clone();
+        }
         let gate = &self.caps.gate;
         gate.set_step(step);
         let mut f = Map::new();
@@ -733,7 +778,8 @@ impl Runner<'_> {
         gate.record("step-start", f);
         tracing::info!("▶ {} [{}]", step.id, phase_name(step.phase));
 
-        let budget = Duration::from_secs(step.budget_seconds.into());
+        // The run's end cuts a step short too.
+        let budget = Duration::from_secs(step.budget_seconds.into()).min(left);
         let started = Instant::now();
         let started_ms =
             u64::try_from(started.saturating_duration_since(self.t0).as_millis()).unwrap_or(0);
@@ -751,6 +797,8 @@ impl Runner<'_> {
             Err(e) => ("failed", e.to_string(), vec![], false),
         };
         let over_budget = over_budget || elapsed > budget;
+        let (detail, findings) =
+            cap_findings(detail, findings, self.caps.policy.limits.findings_bytes.0);
         let mut f = Map::new();
         f.insert("step".into(), step.id.clone().into());
         f.insert("outcome".into(), outcome.into());
@@ -765,7 +813,7 @@ impl Runner<'_> {
         gate.record("step-end", f);
         gate.flush();
         match outcome {
-            "failed" => tracing::warn!("■ {} failed: {detail}", step.id),
+            "failed" => tracing::warn!("■ {} failed: {}", terminal(&step.id), terminal(&detail)),
             _ => tracing::info!("■ {} {outcome} in {duration_ms} ms", step.id),
         }
         self.context.extend(findings.iter().cloned());
@@ -787,16 +835,21 @@ impl Runner<'_> {
     }
 
     fn skip(&mut self, step: &crate::bindings::Step, why: &str) {
+        self.end_unstarted(step, "skipped", why);
+    }
+
+    /// Records a step that never ran.
+    fn end_unstarted(&mut self, step: &crate::bindings::Step, outcome: &str, why: &str) {
         let mut f = Map::new();
         f.insert("step".into(), step.id.clone().into());
-        f.insert("outcome".into(), "skipped".into());
+        f.insert("outcome".into(), outcome.into());
         f.insert("detail".into(), why.into());
         self.caps.gate.record("step-end", f);
         self.results.push(StepResult {
             id: step.id.clone(),
             phase: phase_name(step.phase).into(),
             component: step.component.clone(),
-            outcome: "skipped".into(),
+            outcome: outcome.into(),
             detail: why.into(),
             findings: vec![],
             started_ms: u64::try_from(self.t0.elapsed().as_millis()).unwrap_or(0),
@@ -808,12 +861,52 @@ impl Runner<'_> {
     }
 }
 
+/// Keeps a step's reason and findings within `cap` bytes
+/// (`[limits] findings-bytes`), saying what was dropped.
+fn cap_findings(detail: String, findings: Vec<Finding>, cap: u64) -> (String, Vec<Finding>) {
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let mut detail = detail;
+    if detail.len() > cap {
+        let total = detail.len();
+        let mut end = cap;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push_str(&format!(
+            "…[{} more bytes over [limits] findings-bytes]",
+            total - end
+        ));
+    }
+    let mut used = detail.len();
+    let (mut kept, mut dropped, mut dropped_bytes) = (Vec::new(), 0usize, 0usize);
+    for f in findings {
+        let n = f.key.len() + f.value.len();
+        if used + n <= cap {
+            used += n;
+            kept.push(f);
+        } else {
+            dropped += 1;
+            dropped_bytes += n;
+        }
+    }
+    if dropped > 0 {
+        kept.push(Finding {
+            key: "drhost-dropped".into(),
+            value: format!(
+                "{dropped} finding(s), {dropped_bytes} bytes, over [limits] findings-bytes"
+            ),
+        });
+    }
+    (detail, kept)
+}
+
 /// The terminal table of a finished run.
 pub fn render_table(r: &RunReport) -> String {
     let mut out = format!(
         "{} {} — run {}\n\n{:<28} {:<8} {:<9} {:>10} {:>8}  {}\n",
-        r.scenario,
-        r.scenario_version,
+        terminal(&r.scenario),
+        terminal(&r.scenario_version),
         r.run_id,
         "STEP",
         "PHASE",
@@ -831,7 +924,12 @@ pub fn render_table(r: &RunReport) -> String {
         let mark = if s.over_budget { " (over)" } else { "" };
         out.push_str(&format!(
             "{:<28} {:<8} {:<9} {:>10} {:>6} s  {}{mark}\n",
-            s.id, s.phase, s.outcome, dur, s.budget_s, s.detail
+            terminal(&s.id),
+            s.phase,
+            s.outcome,
+            dur,
+            s.budget_s,
+            terminal(&s.detail)
         ));
     }
     out.push_str(&format!(
@@ -850,7 +948,10 @@ pub fn render_table(r: &RunReport) -> String {
         };
         out.push_str(&format!(
             "{:<28} {:<10} {:>12} {:>6} s{met}\n",
-            c.name, c.status, rec, c.rto_s
+            terminal(&c.name),
+            c.status,
+            rec,
+            c.rto_s
         ));
         if let Some(d) = c.detection_s {
             out.push_str(&format!(
@@ -879,4 +980,43 @@ pub fn render_table(r: &RunReport) -> String {
         r.audit_log.display()
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(k: &str, v: &str) -> Finding {
+        Finding {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn a_step_keeps_its_reason_and_findings_within_the_cap_and_says_what_it_dropped() {
+        let (d, kept) = cap_findings("é".repeat(100), vec![f("a", "1")], 51);
+        assert!(d.starts_with(&"é".repeat(25)), "{d}");
+        assert!(
+            d.ends_with("…[150 more bytes over [limits] findings-bytes]"),
+            "{d}"
+        );
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].key, "drhost-dropped");
+
+        let many: Vec<Finding> = (0..100).map(|i| f("k", &"v".repeat(i))).collect();
+        let (d, kept) = cap_findings("why".into(), many, 100);
+        assert_eq!(d, "why");
+        let used: usize = kept[..kept.len() - 1]
+            .iter()
+            .map(|f| f.key.len() + f.value.len())
+            .sum();
+        assert!(used + 3 <= 100);
+        assert!(
+            kept.last()
+                .unwrap()
+                .value
+                .contains("over [limits] findings-bytes")
+        );
+    }
 }

@@ -85,6 +85,17 @@ pub struct Limits {
     pub state_bytes: ByteSize,
     /// Guest stdout/stderr kept per step; the rest is dropped with a note.
     pub output_bytes: ByteSize,
+    /// Largest audit log of one run: past it every further capability call
+    /// is refused, and the log says so.
+    pub audit_bytes: ByteSize,
+    /// Largest failure reason plus findings one step may return; the rest
+    /// is dropped with a note.
+    pub findings_bytes: ByteSize,
+    /// Longest budget a step may declare; a plugin declaring more is refused.
+    pub step_seconds: u64,
+    /// Longest a whole run may take: steps still to come when it is spent
+    /// fail unstarted, and a step running then is cut.
+    pub run_seconds: u64,
 }
 
 impl Default for Limits {
@@ -95,6 +106,10 @@ impl Default for Limits {
             max_rows: 10_000,
             state_bytes: ByteSize(1 << 20),
             output_bytes: ByteSize(64 << 10),
+            audit_bytes: ByteSize(64 << 20),
+            findings_bytes: ByteSize(64 << 10),
+            step_seconds: 3600,
+            run_seconds: 6 * 3600,
         }
     }
 }
@@ -237,6 +252,9 @@ pub struct DbGrant {
     /// `mysql://…`, `mariadb://…`, `postgres://…` or `sqlite:…`; `env:NAME` allowed.
     pub url: Secret,
     pub access: DbAccess,
+    /// A second account, with SELECT only, for the read-only modes of a
+    /// read-write grant (detect and verify phases, plan, `drhost test`).
+    pub read_url: Option<Secret>,
     /// Overrides `limits.max-rows` for this connection.
     pub max_rows: Option<u64>,
     /// A drill's inject steps may use this connection.
@@ -327,6 +345,12 @@ pub struct ExecGrant {
     /// only read may use it. Default false: every run is a mutating call.
     #[serde(default)]
     pub read_only: bool,
+    /// The program starts a service meant to outlive it (a restart
+    /// script): what it leaves running after a clean exit is kept. Default
+    /// false: when the program exits, everything it started is killed too.
+    /// A timeout kills everything either way.
+    #[serde(default)]
+    pub leaves_running: bool,
     /// A drill's inject steps may run it.
     #[serde(default)]
     pub sandbox: bool,
@@ -886,6 +910,9 @@ impl Policy {
                 "[plugin] sha256 must be 64 hex digits, got {pin:?}"
             ));
         }
+        if self.limits.step_seconds == 0 || self.limits.run_seconds == 0 {
+            return Err("[limits] step-seconds and run-seconds must be more than 0".into());
+        }
         if self.limits.memory.0 < (1 << 20) {
             return Err(format!(
                 "[limits] memory = {} is too small (at least 1 MiB)",
@@ -930,8 +957,13 @@ impl Policy {
                 }
             }
         }
-        for name in self.db.keys() {
+        for (name, g) in &self.db {
             check_name("db", name)?;
+            if g.read_url.is_some() && g.access == DbAccess::ReadOnly {
+                return Err(format!(
+                    "[db.{name}] read-url is for read-write grants; a read-only grant's url is already the read-only account"
+                ));
+            }
         }
         for (name, g) in &self.exec {
             check_name("exec", name)?;

@@ -3,6 +3,7 @@
 //! against their budgets and the RTO.
 
 use crate::orchestrator::{ComponentResult, RunReport, StepResult};
+use crate::text::{markdown as md, terminal, xml};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -62,22 +63,6 @@ pub fn human(s: f64) -> String {
         let m = (s / 60.0).floor();
         format!("{m:.0} min {:.0} s", s - m * 60.0)
     }
-}
-
-fn xml(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => o.push(' '),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 /// Why a step counts as failed in a report, if it does.
@@ -210,9 +195,9 @@ fn verdict_text(r: &RunReport) -> &'static str {
 /// The report in Markdown.
 pub fn markdown(r: &RunReport) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "# {} {}: {}\n", r.scenario, r.mode, verdict_text(r));
+    let _ = writeln!(o, "# {} {}: {}\n", md(&r.scenario), r.mode, verdict_text(r));
     if !r.description.is_empty() {
-        let _ = writeln!(o, "{}\n", r.description);
+        let _ = writeln!(o, "{}\n", md(&r.description));
     }
     let _ = writeln!(
         o,
@@ -236,7 +221,7 @@ pub fn markdown(r: &RunReport) -> String {
         let _ = writeln!(
             o,
             "| {} | {} | {} | {}{} | {} | {}{} | {} |",
-            c.name,
+            md(&c.name),
             c.status,
             c.detection_s.map_or("—".into(), human),
             c.recovery_s.map_or("—".into(), human),
@@ -259,13 +244,13 @@ pub fn markdown(r: &RunReport) -> String {
             "| {} | {} | {} | {} | {} | +{} | {} | {} | {} |",
             i + 1,
             s.phase,
-            s.id,
-            s.component,
+            md(&s.id),
+            md(&s.component),
             s.outcome,
             secs(s.started_ms),
             secs(s.duration_ms),
             human(f64::from(s.budget_s)),
-            detail.replace('|', "\\|").replace('\n', " ")
+            md(&detail)
         );
     }
     let with_findings: Vec<&StepResult> =
@@ -273,17 +258,29 @@ pub fn markdown(r: &RunReport) -> String {
     if !with_findings.is_empty() {
         o.push_str("\n## What each step found\n");
         for s in with_findings {
-            let _ = writeln!(o, "\n**{}**\n", s.id);
+            let _ = writeln!(o, "\n**{}**\n", md(&s.id));
             for (k, v) in &s.findings {
                 if k == COMMAND {
-                    let _ = writeln!(o, "- by hand:\n\n  ```sh\n  {v}\n  ```");
+                    // A fence longer than any run of backticks in the command.
+                    let v = terminal(v);
+                    let fence = "`".repeat(longest_run(&v, '`').max(2) + 1);
+                    let _ = writeln!(o, "- by hand:\n\n  {fence}sh\n  {v}\n  {fence}");
                 } else {
-                    let _ = writeln!(o, "- {k}: {v}");
+                    let _ = writeln!(o, "- {}: {}", md(k), md(v));
                 }
             }
         }
     }
     o
+}
+
+fn longest_run(s: &str, c: char) -> usize {
+    let (mut best, mut run) = (0, 0);
+    for x in s.chars() {
+        run = if x == c { run + 1 } else { 0 };
+        best = best.max(run);
+    }
+    best
 }
 
 /// The report as a standalone HTML page with the timeline inline.

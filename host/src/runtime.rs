@@ -420,15 +420,15 @@ impl Runtime {
         plugin: &Plugin,
         caps: &Arc<Caps>,
     ) -> Result<ScenarioInfo, CallFailure> {
-        let budget = Duration::from_secs(10);
+        let budget = INFO_BUDGET;
         let mut store = self.store(caps, budget);
-        let result = async {
+        let call = async {
             let s = plugin.pre.instantiate_async(&mut store).await?;
             s.drhost_plugin_plugin().call_info(&mut store).await
-        }
-        .await;
-        self.drain_output(&mut store, "info");
-        result.map_err(|e| classify(e, &store, "info", budget))
+        };
+        let result = within_budget(budget, call).await;
+        let said = self.drain_output(&mut store, "info");
+        finish(result, &store, "info", budget, &said)
     }
 
     /// Runs one step in a fresh store (a trapped instance cannot be entered again).
@@ -441,26 +441,27 @@ impl Runtime {
         budget: Duration,
     ) -> Result<Outcome, CallFailure> {
         let mut store = self.store(caps, budget);
-        let result = async {
+        let call = async {
             let s = plugin.pre.instantiate_async(&mut store).await?;
             s.drhost_plugin_plugin()
                 .call_run_step(&mut store, id, context)
                 .await
-        }
-        .await;
-        self.drain_output(&mut store, id);
-        result.map_err(|e| classify(e, &store, id, budget))
+        };
+        let result = within_budget(budget, call).await;
+        let said = self.drain_output(&mut store, id);
+        finish(result, &store, id, budget, &said)
     }
 
-    /// Moves what the guest printed into the log and the audit trail.
-    fn drain_output(&self, store: &mut Store<HostState>, step: &str) {
+    /// Moves what the guest printed into the log and the audit trail, and
+    /// returns it (a trap is explained by its last words).
+    fn drain_output(&self, store: &mut Store<HostState>, step: &str) -> String {
         let (bytes, dropped) = store.data().stdout.take();
         if bytes.is_empty() && dropped == 0 {
-            return;
+            return String::new();
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         for line in text.lines() {
-            tracing::info!(target: "plugin-output", "[{step}] {line}");
+            tracing::info!(target: "plugin-output", "[{step}] {}", crate::text::terminal(line));
         }
         let mut f = serde_json::Map::new();
         f.insert("step".into(), step.into());
@@ -470,6 +471,45 @@ impl Runtime {
             tracing::warn!("[{step}] {dropped} bytes of output dropped ([limits] output-bytes)");
         }
         store.data().caps.gate.record("guest-output", f);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// `info()` only declares: ten seconds is plenty.
+const INFO_BUDGET: Duration = Duration::from_secs(10);
+
+/// How long past its budget a step may run before the host cuts it. The
+/// epoch deadline stops guest code at the budget itself; this cut stops a
+/// step that is waiting in a host call (a socket, a database, a child
+/// process, a WASI clock): the call's future is dropped, which closes its
+/// connections and kills its processes.
+pub const BUDGET_GRACE: Duration = Duration::from_millis(250);
+
+/// Runs a guest call, cutting it at `budget` + [`BUDGET_GRACE`] wherever it
+/// waits (`None` when cut).
+async fn within_budget<T>(
+    budget: Duration,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> Option<wasmtime::Result<T>> {
+    tokio::time::timeout(budget + BUDGET_GRACE, call).await.ok()
+}
+
+fn finish<T>(
+    result: Option<wasmtime::Result<T>>,
+    store: &Store<HostState>,
+    step: &str,
+    budget: Duration,
+    said: &str,
+) -> Result<T, CallFailure> {
+    match result {
+        Some(r) => r.map_err(|e| classify(e, store, step, budget, said)),
+        None => {
+            tracing::warn!("step {step}: cut at its budget of {budget:?} while in a host call");
+            Err(CallFailure::Budget {
+                step: step.to_string(),
+                budget_s: budget.as_secs(),
+            })
+        }
     }
 }
 
@@ -485,10 +525,10 @@ fn classify(
     store: &Store<HostState>,
     step: &str,
     budget: Duration,
+    said: &str,
 ) -> CallFailure {
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>()
-        && *trap == wasmtime::Trap::Interrupt
-    {
+    let trap = e.downcast_ref::<wasmtime::Trap>().copied();
+    if trap == Some(wasmtime::Trap::Interrupt) {
         return CallFailure::Budget {
             step: step.to_string(),
             budget_s: budget.as_secs(),
@@ -500,12 +540,82 @@ fn classify(
             limit: store.data().limiter.limit as u64,
         };
     }
-    // The first line of the trap message, with the guest backtrace dropped.
-    let message = format!("{e:#}");
-    let message = message.lines().next().unwrap_or("trap").to_string();
     CallFailure::Trap {
         step: step.to_string(),
-        message,
+        message: trap_message(trap, &format!("{e:#}"), said),
+    }
+}
+
+/// One line that says why a guest trapped: the kind of trap, and the
+/// guest's own last words (a Rust panic's message, a Python exception, a
+/// JavaScript error) when it printed any.
+fn trap_message(trap: Option<wasmtime::Trap>, error: &str, said: &str) -> String {
+    use wasmtime::Trap;
+    let kind = match trap {
+        Some(Trap::StackOverflow) => "stack overflow".to_string(),
+        Some(Trap::UnreachableCodeReached) => "unreachable (the guest aborted)".to_string(),
+        // A Rust or C guest keeps its stack in linear memory: running out
+        // of it shows up as an access below the memory's start.
+        Some(Trap::MemoryOutOfBounds) => {
+            "out-of-bounds memory access (a guest bug, often a stack overflow)".to_string()
+        }
+        Some(Trap::IntegerDivisionByZero) => "integer division by zero".to_string(),
+        Some(Trap::IndirectCallToNull | Trap::BadSignature) => "bad indirect call".to_string(),
+        Some(other) => other.to_string(),
+        // Not a trap: the first line of the error (an instantiation
+        // failure, a host error), without the guest backtrace.
+        None => error
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("error while executing at wasm backtrace"))
+            .unwrap_or("trap")
+            .to_string(),
+    };
+    match last_words(said) {
+        Some(words) => format!("{kind}: {words}"),
+        None => kind,
+    }
+}
+
+/// The line of guest output that explains a crash.
+fn last_words(said: &str) -> Option<String> {
+    let lines: Vec<&str> = said.lines().map(str::trim_end).collect();
+    // Rust: "thread '…' panicked at src/lib.rs:5:9:" then the message.
+    if let Some(i) = lines.iter().rposition(|l| l.contains(" panicked at ")) {
+        let msg: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|l| !l.is_empty() && !l.starts_with("note: "))
+            .copied()
+            .collect();
+        if !msg.is_empty() {
+            return Some(msg.join(" ").trim().to_string());
+        }
+        return Some(lines[i].trim().to_string());
+    }
+    // Python's traceback ends with the exception; JavaScript errors are
+    // followed by stack frames ("fn@file:line:col", "  at …").
+    lines
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("at ")
+                && !l.starts_with("note: ")
+                && !l.starts_with("Stack:")
+                && !is_js_frame(l)
+        })
+        .map(str::to_string)
+}
+
+fn is_js_frame(line: &str) -> bool {
+    match line.rsplit_once('@') {
+        Some((_, place)) => {
+            place.ends_with(|c: char| c.is_ascii_digit())
+                && place.contains(':')
+                && !place.contains(' ')
+        }
+        None => false,
     }
 }
 

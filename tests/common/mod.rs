@@ -160,6 +160,18 @@ pub async fn step(
         .await
 }
 
+/// Runs one probe step under `budget`.
+pub async fn step_within(
+    caps: &Arc<Caps>,
+    id: &str,
+    args: &[(&str, &str)],
+    budget: Duration,
+) -> Result<Outcome, CallFailure> {
+    runtime()
+        .run_step(probe(), caps, id, &ctx(args), budget)
+        .await
+}
+
 /// Expects an ok outcome and returns its findings as pairs.
 pub async fn ok(caps: &Arc<Caps>, id: &str, args: &[(&str, &str)]) -> Vec<(String, String)> {
     match step(caps, id, args).await {

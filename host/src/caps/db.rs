@@ -26,7 +26,7 @@
 use crate::bindings::CapError;
 use crate::bindings::drhost::plugin::db::{Column, Rows, Value};
 use crate::caps::{Decision, Grant, Moved, Summarize};
-use crate::policy::{DbAccess, DbGrant, Policy};
+use crate::policy::{DbAccess, DbGrant, Policy, Secret};
 use futures::TryStreamExt;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
@@ -34,6 +34,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRo
 use sqlx::{AssertSqlSafe, Column as _, Connection, Row, TypeInfo, ValueRef};
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
@@ -47,9 +49,37 @@ struct Conn {
     name: String,
     grant: DbGrant,
     pool: OnceCell<Result<Pool, String>>,
-    /// SQLite only: the same file opened read-only, for read-only modes on a
-    /// read-write grant.
+    /// What read-only modes on a read-write grant use: the account of
+    /// `read-url` (checked like a read-only grant's), SQLite's file opened
+    /// read-only, or the grant's own account if it holds no server privileges.
     read_pool: OnceCell<Result<Pool, String>>,
+    /// `[limits] max-guest-bytes`: SQLite's limit on one value.
+    max_value: u64,
+    /// SQLite: when the statement running must stop (milliseconds on
+    /// [`clock_ms`], 0 = no limit); its progress handler interrupts it then.
+    deadline: Arc<AtomicU64>,
+}
+
+/// Milliseconds since the first call: the clock SQLite deadlines are on.
+fn clock_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// What drhost checks about an account when it first connects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Account {
+    /// The grant's own read-write account, for read-write work.
+    Writer,
+    /// An account that must not be able to write anything.
+    Reader,
+    /// The read-write account used in a read-only mode: a read-only
+    /// transaction stops its data writes, so it must hold no privilege the
+    /// engine honours outside a transaction (superuser, files, signals…).
+    WriterReading,
 }
 
 pub struct DbCap {
@@ -96,6 +126,8 @@ impl DbCap {
                             grant: grant.clone(),
                             pool: OnceCell::new(),
                             read_pool: OnceCell::new(),
+                            max_value: policy.limits.max_guest_bytes.0,
+                            deadline: Arc::new(AtomicU64::new(0)),
                         },
                     )
                 })
@@ -141,29 +173,53 @@ impl DbCap {
             .conns
             .get(name)
             .ok_or_else(|| CapError::Denied(format!("no connection {name:?}")))?;
-        let ro = conn.grant.access == DbAccess::ReadOnly;
+        let account = match conn.grant.access {
+            DbAccess::ReadOnly => Account::Reader,
+            DbAccess::ReadWrite => Account::Writer,
+        };
         conn.pool
-            .get_or_init(|| conn.connect(ro))
+            .get_or_init(|| conn.connect(&conn.grant.url, account))
             .await
             .as_ref()
             .map_err(|e| CapError::Unavailable(e.clone()))
     }
 
-    /// The pool for a read-only query: the grant's own, except for SQLite on
-    /// a read-write grant, whose file is opened a second time, read-only.
-    async fn read_pool(&self, name: &str) -> Result<&Pool, CapError> {
-        let pool = self.pool(name).await?;
-        let Some(conn) = self.conns.get(name) else {
-            return Ok(pool);
-        };
-        if !matches!(pool, Pool::Sqlite(_)) || conn.grant.access == DbAccess::ReadOnly {
-            return Ok(pool);
+    /// The pool for a read-only query. A read-only grant's own; on a
+    /// read-write grant the `read-url` account, else SQLite's file opened
+    /// read-only, else the grant's account if it holds no server privileges
+    /// (`trusted` SQL, the operator's own invariants, skips that check).
+    async fn read_pool(&self, name: &str, trusted: bool) -> Result<&Pool, CapError> {
+        let conn = self
+            .conns
+            .get(name)
+            .ok_or_else(|| CapError::Denied(format!("no connection {name:?}")))?;
+        if conn.grant.access == DbAccess::ReadOnly {
+            return self.pool(name).await;
         }
-        conn.read_pool
-            .get_or_init(|| conn.connect(true))
-            .await
-            .as_ref()
-            .map_err(|e| CapError::Unavailable(e.clone()))
+        if let Some(url) = &conn.grant.read_url {
+            return conn
+                .read_pool
+                .get_or_init(|| conn.connect(url, Account::Reader))
+                .await
+                .as_ref()
+                .map_err(|e| CapError::Denied(e.clone()));
+        }
+        let pool = self.pool(name).await?;
+        match pool {
+            Pool::Sqlite(_) => conn
+                .read_pool
+                .get_or_init(|| conn.connect(&conn.grant.url, Account::Reader))
+                .await
+                .as_ref()
+                .map_err(|e| CapError::Unavailable(e.clone())),
+            _ if trusted => Ok(pool),
+            _ => conn
+                .read_pool
+                .get_or_init(|| conn.connect(&conn.grant.url, Account::WriterReading))
+                .await
+                .as_ref()
+                .map_err(|e| CapError::Denied(e.clone())),
+        }
     }
 
     fn row_cap(&self, name: &str) -> u64 {
@@ -180,7 +236,12 @@ impl DbCap {
     }
 
     /// The grant's data-validation queries, each with its count of violating rows.
-    pub async fn invariants(&self, name: &str) -> Result<Vec<(String, u64)>, CapError> {
+    pub async fn invariants(
+        &self,
+        name: &str,
+        time: Duration,
+    ) -> Result<Vec<(String, u64)>, CapError> {
+        let started = Instant::now();
         let queries = self
             .conns
             .get(name)
@@ -188,7 +249,8 @@ impl DbCap {
             .unwrap_or_default();
         let mut out = Vec::with_capacity(queries.len());
         for (check, sql) in queries {
-            let rows = self.query(name, &sql, &[], true).await?;
+            let time = time.saturating_sub(started.elapsed());
+            let rows = within(name, time, self.query_as(name, &sql, &[], true, true, time)).await?;
             let n = match rows.rows.first().and_then(|r| r.first()) {
                 Some(Value::Int(n)) => u64::try_from(*n).ok(),
                 Some(Value::Text(t)) => t.trim().parse().ok(),
@@ -234,16 +296,41 @@ impl DbCap {
     /// Runs one query. `read_only_mode` (plan, `drhost test`, a step not
     /// declared mutating) makes the engine refuse writes even on a
     /// read-write grant; a read-only grant always runs that way.
+    ///
+    /// `time` is what is left of the step's budget: the statement is
+    /// stopped by the engine when it runs out (MariaDB `max_statement_time`,
+    /// PostgreSQL `statement_timeout`, SQLite's progress handler), and the
+    /// call gives up waiting for the server then too.
     pub async fn query(
         &self,
         name: &str,
         sql: &str,
         params: &[Value],
         read_only_mode: bool,
+        time: Duration,
+    ) -> Result<Rows, CapError> {
+        within(
+            name,
+            time,
+            self.query_as(name, sql, params, read_only_mode, false, time),
+        )
+        .await
+    }
+
+    async fn query_as(
+        &self,
+        name: &str,
+        sql: &str,
+        params: &[Value],
+        read_only_mode: bool,
+        trusted: bool,
+        time: Duration,
     ) -> Result<Rows, CapError> {
         let ro = read_only_mode || self.read_only(name);
+        let limit = StatementLimit::new(time)?;
+        let _sqlite_deadline = self.sqlite_deadline(name, time);
         let pool = if ro {
-            self.read_pool(name).await?
+            self.read_pool(name, trusted).await?
         } else {
             self.pool(name).await?
         };
@@ -256,6 +343,10 @@ impl DbCap {
             Pool::MySql(p) => {
                 let mut c = p.acquire().await.map_err(unavailable(name))?;
                 if !ro {
+                    sqlx::raw_sql(AssertSqlSafe(limit.mariadb()))
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db_error(name))?;
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                     return collect(q.fetch(&mut *c), &limits, mysql_value).await;
                 }
@@ -264,29 +355,30 @@ impl DbCap {
                 // statement cannot leave the read-only transaction; the
                 // session default covers anything a procedure starts.
                 let xid = format!("drhost-ro-{}", crate::clock::new_run_id());
-                let begin = format!("SET SESSION TRANSACTION READ ONLY; XA START '{xid}'");
+                let begin = format!(
+                    "{}; SET SESSION TRANSACTION READ ONLY; XA START '{xid}'",
+                    limit.mariadb()
+                );
                 sqlx::raw_sql(AssertSqlSafe(begin))
                     .execute(&mut *c)
                     .await
                     .map_err(db_error(name))?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let r = collect(q.fetch(&mut *c), &limits, mysql_value).await;
-                let mut end = format!("XA END '{xid}'; XA ROLLBACK '{xid}'");
-                if !self.read_only(name) {
-                    end.push_str("; SET SESSION TRANSACTION READ WRITE");
-                }
-                if sqlx::raw_sql(AssertSqlSafe(end))
-                    .execute(&mut *c)
-                    .await
-                    .is_err()
-                {
-                    // The session is in a state we did not leave it in: never reuse it.
-                    let _ = c.close().await;
-                }
+                let end = format!("XA END '{xid}'; XA ROLLBACK '{xid}'");
+                let _ = sqlx::raw_sql(AssertSqlSafe(end)).execute(&mut *c).await;
+                // Session state outlives a transaction (GET_LOCK, user
+                // variables, SET SESSION): a read-only query's connection
+                // is never used again.
+                let _ = c.close().await;
                 r
             }
             Pool::Pg(p) => {
                 let mut c = p.acquire().await.map_err(unavailable(name))?;
+                sqlx::raw_sql(AssertSqlSafe(limit.postgres()))
+                    .execute(&mut *c)
+                    .await
+                    .map_err(db_error(name))?;
                 if !ro {
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                     return collect(q.fetch(&mut *c), &limits, pg_value).await;
@@ -299,9 +391,10 @@ impl DbCap {
                     .map_err(db_error(name))?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let r = collect(q.fetch(&mut *c), &limits, pg_value).await;
-                if sqlx::raw_sql("ROLLBACK").execute(&mut *c).await.is_err() {
-                    let _ = c.close().await;
-                }
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await;
+                // Session state outlives a transaction (advisory locks,
+                // settings): a read-only query's connection is never reused.
+                let _ = c.close().await;
                 r
             }
             Pool::Sqlite(p) => {
@@ -311,22 +404,53 @@ impl DbCap {
         }
     }
 
-    pub async fn execute(&self, name: &str, sql: &str, params: &[Value]) -> Result<u64, CapError> {
-        let pool = self.pool(name).await?;
-        match pool {
-            Pool::MySql(p) => {
-                let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                q_exec!(q, p, name)
+    /// Runs one statement that may write; `time` as for [`DbCap::query`].
+    pub async fn execute(
+        &self,
+        name: &str,
+        sql: &str,
+        params: &[Value],
+        time: Duration,
+    ) -> Result<u64, CapError> {
+        within(name, time, async {
+            let limit = StatementLimit::new(time)?;
+            let _sqlite_deadline = self.sqlite_deadline(name, time);
+            match self.pool(name).await? {
+                Pool::MySql(p) => {
+                    let mut c = p.acquire().await.map_err(unavailable(name))?;
+                    sqlx::raw_sql(AssertSqlSafe(limit.mariadb()))
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db_error(name))?;
+                    let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                    q_exec!(q, &mut *c, name)
+                }
+                Pool::Pg(p) => {
+                    let mut c = p.acquire().await.map_err(unavailable(name))?;
+                    sqlx::raw_sql(AssertSqlSafe(limit.postgres()))
+                        .execute(&mut *c)
+                        .await
+                        .map_err(db_error(name))?;
+                    let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                    q_exec!(q, &mut *c, name)
+                }
+                Pool::Sqlite(p) => {
+                    let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
+                    q_exec!(q, p, name)
+                }
             }
-            Pool::Pg(p) => {
-                let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                q_exec!(q, p, name)
-            }
-            Pool::Sqlite(p) => {
-                let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                q_exec!(q, p, name)
-            }
-        }
+        })
+        .await
+    }
+
+    /// Arms the SQLite progress handler of `name` for `time`; disarmed when
+    /// the guard drops.
+    fn sqlite_deadline(&self, name: &str, time: Duration) -> Option<Disarm> {
+        let conn = self.conns.get(name)?;
+        let ms = u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
+        conn.deadline
+            .store(clock_ms().saturating_add(ms), Ordering::SeqCst);
+        Some(Disarm(Arc::clone(&conn.deadline)))
     }
 }
 
@@ -359,6 +483,63 @@ macro_rules! q_exec {
 }
 use q_exec;
 
+/// The statement time limit both servers enforce themselves, from what is
+/// left of the step's budget.
+struct StatementLimit {
+    ms: u64,
+}
+
+impl StatementLimit {
+    fn new(time: Duration) -> Result<Self, CapError> {
+        let ms = u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return Err(CapError::Unavailable(
+                "the step's budget is spent: no time left for a query".into(),
+            ));
+        }
+        Ok(StatementLimit { ms })
+    }
+
+    /// MariaDB: seconds, as a decimal (0 would mean no limit).
+    fn mariadb(&self) -> String {
+        format!(
+            "SET SESSION max_statement_time = {}.{:03}",
+            self.ms / 1000,
+            self.ms % 1000
+        )
+    }
+
+    /// PostgreSQL: milliseconds, capped at what the setting holds.
+    fn postgres(&self) -> String {
+        format!("SET statement_timeout = {}", self.ms.min(i32::MAX as u64))
+    }
+}
+
+/// Clears a SQLite deadline when the statement is over.
+struct Disarm(Arc<AtomicU64>);
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Waits for a database call no longer than `time` (plus a moment for the
+/// server's own cancellation to arrive): a server that stops answering
+/// cannot hold the step.
+async fn within<T>(
+    name: &str,
+    time: Duration,
+    call: impl std::future::Future<Output = Result<T, CapError>>,
+) -> Result<T, CapError> {
+    match tokio::time::timeout(time + Duration::from_millis(100), call).await {
+        Ok(r) => r,
+        Err(_) => Err(CapError::Unavailable(format!(
+            "{name:?}: no answer within the step's budget"
+        ))),
+    }
+}
+
 async fn ping_pool<DB: sqlx::Database>(p: &sqlx::Pool<DB>) -> Result<(), sqlx::Error> {
     let mut c = p.acquire().await?;
     c.ping().await
@@ -377,6 +558,20 @@ fn db_error(name: &str) -> impl Fn(sqlx::Error) -> CapError + '_ {
             let msg = d.message().to_string();
             let code = d.code().map(|c| c.to_string()).unwrap_or_default();
             let lower = msg.to_ascii_lowercase();
+            // The engine stopped the statement at the step's budget.
+            if lower.contains("max_statement_time")
+                || code == "57014"
+                || (code == "9" && lower.contains("interrupt"))
+            {
+                return CapError::Unavailable(format!(
+                    "{name:?}: the database stopped the statement at the step's budget ({msg})"
+                ));
+            }
+            if code == "18" && lower.contains("too big") {
+                return CapError::TooLarge(format!(
+                    "{name:?}: a value would be larger than the plugin may receive ([limits] max-guest-bytes): {msg}"
+                ));
+            }
             let refused = lower.contains("denied")
                 || lower.contains("read-only")
                 || lower.contains("readonly")
@@ -588,14 +783,19 @@ fn sqlite_value(row: &SqliteRow, i: usize) -> Result<Value, String> {
 }
 
 impl Conn {
-    /// Connects; `ro` opens SQLite read-only (servers enforce read-only
-    /// grants by the account, checked here, and per statement).
-    async fn connect(&self, ro: bool) -> Result<Pool, String> {
-        let url = self
-            .grant
-            .url
+    /// Connects to `url` and checks what the account may do. A `Reader`
+    /// opens SQLite read-only and must be an account that cannot write
+    /// (servers then enforce read-only by the account and per statement).
+    async fn connect(&self, url: &Secret, account: Account) -> Result<Pool, String> {
+        let key = if std::ptr::eq(url, &self.grant.url) {
+            "url"
+        } else {
+            "read-url"
+        };
+        let url = url
             .resolve()
-            .map_err(|e| format!("[db.{}] url: {e}", self.name))?;
+            .map_err(|e| format!("[db.{}] {key}: {e}", self.name))?;
+        let ro = account == Account::Reader;
         let name = &self.name;
         // Errors from sqlx can echo the URL; never let it (and its password) out.
         let scrub = |e: sqlx::Error| scrub_secret(&e.to_string(), &url);
@@ -624,8 +824,10 @@ impl Conn {
                     .connect_with(opts)
                     .await
                     .map_err(|e| format!("[db.{name}]: cannot connect: {}", scrub(e)))?;
-                if ro {
-                    check_mysql_read_only(&pool, name).await?;
+                match account {
+                    Account::Reader => check_mysql_read_only(&pool, name, key).await?,
+                    Account::WriterReading => check_mysql_unprivileged(&pool, name).await?,
+                    Account::Writer => {}
                 }
                 Pool::MySql(pool)
             }
@@ -637,12 +839,19 @@ impl Conn {
                     .connect_with(opts)
                     .await
                     .map_err(|e| format!("[db.{name}]: cannot connect: {}", scrub(e)))?;
-                if ro {
-                    check_pg_read_only(&pool, name).await?;
+                match account {
+                    Account::Reader => check_pg_read_only(&pool, name, key).await?,
+                    Account::WriterReading => check_pg_unprivileged(&pool, name).await?,
+                    Account::Writer => {}
                 }
                 Pool::Pg(pool)
             }
             "sqlite" => {
+                let deadline = Arc::clone(&self.deadline);
+                // A value larger than the plugin may receive is refused by
+                // SQLite before it exists (1 MiB at least, for the engine's
+                // own work).
+                let max_value = self.max_value.max(1 << 20);
                 let mut opts = SqliteConnectOptions::from_str(&url).map_err(scrub)?;
                 if ro {
                     opts = opts.read_only(true).pragma("query_only", "1");
@@ -651,9 +860,16 @@ impl Conn {
                     .max_connections(2)
                     .acquire_timeout(CONNECT_TIMEOUT)
                     .after_connect(move |c, _| {
+                        let deadline = Arc::clone(&deadline);
                         Box::pin(async move {
                             let mut h = c.lock_handle().await?;
-                            sqlite_guard::install(h.as_raw_handle(), ro);
+                            sqlite_guard::install(h.as_raw_handle(), ro, max_value);
+                            // Every 1000 virtual-machine steps: past the
+                            // step's deadline, SQLite stops the statement.
+                            h.set_progress_handler(1000, move || {
+                                let d = deadline.load(Ordering::SeqCst);
+                                d == 0 || clock_ms() < d
+                            });
                             Ok(())
                         })
                     })
@@ -668,7 +884,7 @@ impl Conn {
                 ));
             }
         };
-        tracing::debug!("connected db.{name} ({})", self.grant.access);
+        tracing::debug!("connected db.{name} ({key})");
         Ok(pool)
     }
 }
@@ -698,19 +914,102 @@ const MYSQL_READ_PRIVS: &[&str] = &[
 ];
 
 /// Refuses a read-only grant whose account may write.
-async fn check_mysql_read_only(pool: &MySqlPool, name: &str) -> Result<(), String> {
-    let rows: Vec<String> = sqlx::query_scalar("SHOW GRANTS")
-        .fetch_all(pool)
-        .await
-        .map_err(|e| format!("[db.{name}]: cannot read the account's grants: {e}"))?;
-    for line in &rows {
+async fn check_mysql_read_only(pool: &MySqlPool, name: &str, key: &str) -> Result<(), String> {
+    for line in &mysql_grants(pool, name).await? {
         if let Some(problem) = mysql_grant_problem(line) {
-            return Err(format!(
-                "[db.{name}] is read-only, but its account can write ({problem}: {line}); grant it SELECT only, or make the grant read-write"
-            ));
+            return Err(if key == "url" {
+                format!(
+                    "[db.{name}] is read-only, but its account can write ({problem}: {line}); grant it SELECT only, or make the grant read-write"
+                )
+            } else {
+                format!(
+                    "[db.{name}] read-url names an account that can write ({problem}: {line}); grant it SELECT only"
+                )
+            });
         }
     }
     Ok(())
+}
+
+async fn mysql_grants(pool: &MySqlPool, name: &str) -> Result<Vec<String>, String> {
+    sqlx::query_scalar("SHOW GRANTS")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| format!("[db.{name}]: cannot read the account's grants: {e}"))
+}
+
+/// Refuses to read through a read-write account that holds privileges a
+/// read-only transaction does not stop.
+async fn check_mysql_unprivileged(pool: &MySqlPool, name: &str) -> Result<(), String> {
+    for line in &mysql_grants(pool, name).await? {
+        if let Some(problem) = mysql_server_privilege(line) {
+            return Err(needs_read_url(name, &format!("{problem}: {line}")));
+        }
+    }
+    Ok(())
+}
+
+fn needs_read_url(name: &str, why: &str) -> String {
+    format!(
+        "db.{name} is used read-only here, but its account holds server privileges a read-only transaction does not stop ({why}); add read-url to [db.{name}] naming an account with SELECT only (docs/policy.md)"
+    )
+}
+
+/// Privileges that act only on data, which MariaDB's read-only XA
+/// transaction refuses (or that only read).
+const MYSQL_DATA_PRIVS: &[&str] = &[
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "CREATE",
+    "DROP",
+    "REFERENCES",
+    "INDEX",
+    "ALTER",
+    "CREATE TEMPORARY TABLES",
+    "LOCK TABLES",
+    "EXECUTE",
+    "CREATE VIEW",
+    "CREATE ROUTINE",
+    "ALTER ROUTINE",
+    "EVENT",
+    "TRIGGER",
+    "DELETE HISTORY",
+];
+
+/// Why one `SHOW GRANTS` line gives server privileges (files, global
+/// variables, other sessions, shutdown…), if it does.
+pub fn mysql_server_privilege(line: &str) -> Option<String> {
+    let upper = line.to_ascii_uppercase();
+    let rest = upper.strip_prefix("GRANT ")?;
+    let Some(on) = rest.find(" ON ") else {
+        return Some("it is granted a role, whose privileges are not checked".into());
+    };
+    if !rest[on + 4..].trim_start().starts_with("*.*") {
+        return None;
+    }
+    let privs = without_column_lists(&rest[..on]);
+    privs
+        .split(',')
+        .map(str::trim)
+        .find(|p| !MYSQL_READ_PRIVS.contains(p) && !MYSQL_DATA_PRIVS.contains(p))
+        .map(|p| format!("privilege {p}"))
+}
+
+/// `SELECT (a, b), INSERT` → `SELECT , INSERT`: a column list does not
+/// change which privilege it is.
+fn without_column_lists(privs: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in privs.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Why one `SHOW GRANTS` line allows writing, if it does.
@@ -723,18 +1022,7 @@ pub fn mysql_grant_problem(line: &str) -> Option<String> {
     let Some(on) = rest.find(" ON ") else {
         return Some("it is granted a role, whose privileges are not checked".into());
     };
-    // Drop column lists: SELECT (a, b) is still SELECT.
-    let mut privs = String::new();
-    let mut depth = 0;
-    for c in rest[..on].chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            _ if depth == 0 => privs.push(c),
-            _ => {}
-        }
-    }
-    privs
+    without_column_lists(&rest[..on])
         .split(',')
         .map(str::trim)
         .find(|p| !MYSQL_READ_PRIVS.contains(p))
@@ -764,11 +1052,46 @@ SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplicat
       'lo_truncate(integer,integer)', 'lo_truncate64(integer,bigint)']) AS f
     WHERE has_function_privilege(f, 'EXECUTE')) AS lo_functions,
   pg_has_role('pg_write_all_data', 'MEMBER') OR pg_has_role('pg_write_server_files', 'MEMBER')
-    OR pg_has_role('pg_execute_server_program', 'MEMBER') AS write_roles
+    OR pg_has_role('pg_execute_server_program', 'MEMBER')
+    OR pg_has_role('pg_signal_backend', 'MEMBER') AS write_roles
 FROM pg_roles r WHERE r.rolname = current_user
 "#;
 
-async fn check_pg_read_only(pool: &PgPool, name: &str) -> Result<(), String> {
+/// What a read-only transaction does not stop: superusers (COPY … TO a
+/// file or a program, other sessions) and the roles that grant those
+/// powers one by one.
+const PG_SERVER_CHECK: &str = r#"
+SELECT r.rolsuper,
+  pg_has_role('pg_write_server_files', 'MEMBER') AS files,
+  pg_has_role('pg_execute_server_program', 'MEMBER') AS programs,
+  pg_has_role('pg_signal_backend', 'MEMBER') AS signals
+FROM pg_roles r WHERE r.rolname = current_user
+"#;
+
+async fn check_pg_unprivileged(pool: &PgPool, name: &str) -> Result<(), String> {
+    let row = sqlx::query(PG_SERVER_CHECK)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| format!("[db.{name}]: cannot read the role's privileges: {e}"))?;
+    let mut problems = Vec::new();
+    for (col, what) in [
+        ("rolsuper", "it is a superuser"),
+        ("files", "it is a member of pg_write_server_files"),
+        ("programs", "it is a member of pg_execute_server_program"),
+        ("signals", "it is a member of pg_signal_backend"),
+    ] {
+        if row.try_get::<bool, _>(col).unwrap_or(true) {
+            problems.push(what);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(needs_read_url(name, &problems.join("; ")))
+    }
+}
+
+async fn check_pg_read_only(pool: &PgPool, name: &str, key: &str) -> Result<(), String> {
     let row = sqlx::query(PG_CHECK)
         .fetch_one(pool)
         .await
@@ -790,7 +1113,7 @@ async fn check_pg_read_only(pool: &PgPool, name: &str) -> Result<(), String> {
         ("schema_create", "has CREATE on a schema"),
         (
             "write_roles",
-            "is a member of pg_write_all_data, pg_write_server_files or pg_execute_server_program",
+            "is a member of pg_write_all_data, pg_write_server_files, pg_execute_server_program or pg_signal_backend",
         ),
     ] {
         if flag(col) {
@@ -808,9 +1131,14 @@ async fn check_pg_read_only(pool: &PgPool, name: &str) -> Result<(), String> {
     }
     if problems.is_empty() {
         Ok(())
-    } else {
+    } else if key == "url" {
         Err(format!(
             "[db.{name}] is read-only, but its role can write: it {}. Use a role with SELECT only (see docs/security.md), or make the grant read-write",
+            problems.join("; ")
+        ))
+    } else {
+        Err(format!(
+            "[db.{name}] read-url names a role that can write: it {}. Use a role with SELECT only (see docs/security.md)",
             problems.join("; ")
         ))
     }
@@ -819,6 +1147,48 @@ async fn check_pg_read_only(pool: &PgPool, name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sqlite_itself_stops_a_statement_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy::parse(&format!(
+            "[db.s]\nurl = \"sqlite://{}?mode=rwc\"\naccess = \"read-write\"\n",
+            dir.path().join("a.db").display()
+        ))
+        .unwrap();
+        let cap = DbCap::from_policy(&policy);
+        let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+        // No outer timeout here: only the progress handler can end it.
+        for ro in [false, true] {
+            let err = cap
+                .query_as("s", endless, &[], ro, false, Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, CapError::Unavailable(m) if m.contains("the database stopped the statement")),
+                "{err:?}"
+            );
+        }
+        // A value larger than the plugin may receive never exists.
+        let err = cap
+            .query_as(
+                "s",
+                "SELECT zeroblob(800000000)",
+                &[],
+                false,
+                false,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CapError::TooLarge(_)), "{err:?}");
+        // Disarmed afterwards: a statement with time to spare runs.
+        let rows = cap
+            .query_as("s", "SELECT 1", &[], false, false, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(rows.rows.len(), 1);
+    }
 
     #[test]
     fn mysql_grant_lines_are_classified() {
@@ -962,7 +1332,10 @@ mod sqlite_guard {
     }
 
     /// Installs the authorizer and limits on a fresh connection.
-    pub fn install(db: NonNull<ffi::sqlite3>, read_only: bool) {
+    /// `max_value` caps the length of any string or blob the connection
+    /// makes (`SQLITE_LIMIT_LENGTH`), so a `zeroblob(800000000)` fails in
+    /// SQLite instead of being materialised in the host.
+    pub fn install(db: NonNull<ffi::sqlite3>, read_only: bool, max_value: u64) {
         let flag: *mut c_void = if read_only {
             NonNull::<c_void>::dangling().as_ptr()
         } else {
@@ -974,6 +1347,11 @@ mod sqlite_guard {
         unsafe {
             ffi::sqlite3_set_authorizer(db.as_ptr(), Some(authorize), flag);
             ffi::sqlite3_limit(db.as_ptr(), ffi::SQLITE_LIMIT_ATTACHED, 0);
+            ffi::sqlite3_limit(
+                db.as_ptr(),
+                ffi::SQLITE_LIMIT_LENGTH,
+                i32::try_from(max_value).unwrap_or(i32::MAX),
+            );
         }
     }
 

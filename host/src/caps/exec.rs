@@ -4,7 +4,11 @@
 //! `path-under` argument is resolved as text and passed resolved. No shell
 //! is involved, the environment is empty but for PATH and what the grant
 //! sets, output is capped, and a program that outlives its timeout (or the
-//! step's budget) is killed with its whole process group.
+//! step's budget) is killed with everything it started: its process group,
+//! and every process carrying the run's marker in its environment (a
+//! `setsid` daemon leaves the group but keeps the environment it was started
+//! with). After a clean exit the same sweep runs unless the grant says
+//! `leaves-running = true` (a restart script's service).
 
 use super::{Decision, Grant, Moved, Summarize};
 use crate::bindings::CapError;
@@ -90,10 +94,12 @@ impl ExecCap {
         let args = g
             .check(args)
             .map_err(|why| CapError::Denied(format!("exec.run {name:?}: {why}")))?;
+        let marker = crate::clock::new_run_id();
         let mut cmd = tokio::process::Command::new(&g.program);
         cmd.args(&args)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env(MARKER, &marker)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -113,25 +119,37 @@ impl ExecCap {
         let mut child = cmd
             .spawn()
             .map_err(|e| CapError::Unavailable(format!("starting {}: {e}", g.program.display())))?;
+        // Dropped with the call (a step cut at its budget), it kills them all.
+        let mut tree = Started {
+            pgid: child.id().and_then(|p| i32::try_from(p).ok()),
+            marker,
+            armed: true,
+        };
         let cap = usize::try_from(g.max_output.0).unwrap_or(usize::MAX);
-        let out = tokio::spawn(read_capped(child.stdout.take(), cap));
-        let err = tokio::spawn(read_capped(child.stderr.take(), cap));
+        let mut out = tokio::spawn(read_capped(child.stdout.take(), cap));
+        let mut err = tokio::spawn(read_capped(child.stderr.take(), cap));
         let limit = g.timeout.0.min(remaining);
         let exit_code = match tokio::time::timeout(limit, child.wait()).await {
-            Ok(Ok(status)) => status.code(),
+            Ok(Ok(status)) => {
+                if g.leaves_running {
+                    tree.armed = false;
+                } else {
+                    tree.kill_all();
+                }
+                status.code()
+            }
             Ok(Err(e)) => return Err(CapError::Unavailable(format!("waiting for {name}: {e}"))),
             Err(_) => {
-                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                    // SAFETY: signals the process group we created above; no memory involved.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
-                }
+                tree.kill_all();
                 let _ = child.wait().await;
                 tracing::warn!("exec {name}: killed after {limit:?}");
                 None
             }
         };
-        let (stdout, t1) = out.await.unwrap_or_default();
-        let (stderr, t2) = err.await.unwrap_or_default();
+        // A process left holding the pipes (kept by leaves-running) does not
+        // hold the step: output is read for a moment more, then given up.
+        let (stdout, t1) = drain(&mut out).await;
+        let (stderr, t2) = drain(&mut err).await;
         Ok(ExecOutput {
             exit_code,
             stdout,
@@ -140,6 +158,78 @@ impl ExecCap {
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
+}
+
+/// The environment variable that marks every process one `exec.run` starts.
+const MARKER: &str = "DRHOST_EXEC_RUN";
+
+/// How long output is still read once the program has exited.
+const DRAIN: Duration = Duration::from_millis(500);
+
+async fn drain(task: &mut tokio::task::JoinHandle<(String, bool)>) -> (String, bool) {
+    match tokio::time::timeout(DRAIN, &mut *task).await {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => {
+            task.abort();
+            (String::new(), true)
+        }
+    }
+}
+
+/// Everything one `exec.run` started.
+struct Started {
+    pgid: Option<i32>,
+    marker: String,
+    /// Kill everything when dropped.
+    armed: bool,
+}
+
+impl Started {
+    /// SIGKILLs the process group and every process carrying the marker,
+    /// until none is left (a process may fork while the sweep runs).
+    fn kill_all(&mut self) {
+        self.armed = false;
+        if let Some(pgid) = self.pgid {
+            // SAFETY: signals the process group created for this run; no memory involved.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let needle = format!("{MARKER}={}", self.marker);
+        for _ in 0..50 {
+            let found = marked(&needle);
+            if found.is_empty() {
+                return;
+            }
+            for pid in found {
+                // SAFETY: signals one process by pid; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        tracing::warn!("exec: processes of run {} survived 50 sweeps", self.marker);
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.armed {
+            self.kill_all();
+        }
+    }
+}
+
+/// Live processes whose environment holds `needle` (`NAME=value`).
+fn marked(needle: &str) -> Vec<i32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter_map(|pid| i32::try_from(pid).ok())
+        .collect()
 }
 
 /// Reads a stream to its end, keeping the first `cap` bytes (as text).

@@ -327,6 +327,28 @@ pub struct Gate {
     pub counters: Counters,
     /// A drill's inject step is running: only sandbox grants may be used.
     inject: AtomicBool,
+    /// `[limits] audit-bytes`: once the log is this large, every further
+    /// capability call is refused (the log records the cut once).
+    audit_cap: AtomicU64,
+    audit_cut: AtomicBool,
+}
+
+/// Longest text copied from the guest into one field of a record (a key, a
+/// URL, a target); the rest is replaced by a note of its size.
+const FIELD_CAP: usize = 1024;
+
+/// Shortens `s` to [`FIELD_CAP`] bytes (on a character boundary), saying so.
+pub fn clip(s: &mut String) {
+    if s.len() <= FIELD_CAP {
+        return;
+    }
+    let total = s.len();
+    let mut end = FIELD_CAP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&format!("…[{} more bytes]", total - end));
 }
 
 impl Gate {
@@ -344,7 +366,14 @@ impl Gate {
             scope: Mutex::new(Scope::Unscoped),
             counters: Counters::default(),
             inject: AtomicBool::new(false),
+            audit_cap: AtomicU64::new(u64::MAX),
+            audit_cut: AtomicBool::new(false),
         }
+    }
+
+    /// Caps the run's audit log at `bytes` (`[limits] audit-bytes`).
+    pub fn set_audit_cap(&self, bytes: u64) {
+        self.audit_cap.store(bytes, Ordering::SeqCst);
     }
 
     /// Marks the start (true) or end (false) of an inject step.
@@ -420,7 +449,27 @@ impl Gate {
         };
         match guard.as_mut() {
             Some(w) => {
-                if let Err(e) = w.append(kind, fields) {
+                // Written through, record by record, so a run killed at any
+                // point leaves every record before the kill in the file; the
+                // header is synced to disk before any guest code runs.
+                let mut written = w.append(kind, fields);
+                let cap = self.audit_cap.load(Ordering::Relaxed);
+                if w.bytes() > cap && !self.audit_cut.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(
+                        "the audit log reached [limits] audit-bytes ({cap} bytes): no further capability calls in this run"
+                    );
+                    let mut f = Map::new();
+                    f.insert("limit_bytes".into(), cap.into());
+                    written = written.and_then(|()| w.append("audit-cut", f));
+                }
+                let written = written.and_then(|()| {
+                    if kind == "run-start" {
+                        w.finish()
+                    } else {
+                        w.flush()
+                    }
+                });
+                if let Err(e) = written {
                     tracing::error!("audit log write failed: {e}");
                 }
             }
@@ -461,6 +510,20 @@ impl Gate {
         Fut: Future<Output = Result<T, CapError>>,
     {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        if self.audit_cut.load(Ordering::Relaxed) {
+            // Nothing more can be recorded, so nothing more is done.
+            self.counters.denied.fetch_add(1, Ordering::Relaxed);
+            return Err(CapError::Denied(
+                "the run's audit log reached [limits] audit-bytes: no further capability calls are made in this run".into(),
+            ));
+        }
+        let mut call = call;
+        clip(&mut call.target);
+        for v in call.args.values_mut() {
+            if let Value::String(s) = v {
+                clip(s);
+            }
+        }
         let start = Instant::now();
         let planned = self.plan && (call.mutating || call.scratch);
         let scope = self.scope();
@@ -629,6 +692,54 @@ pub struct Caps {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn guest_text_in_a_record_is_clipped_on_a_character_boundary() {
+        let mut short = "x".repeat(FIELD_CAP);
+        clip(&mut short);
+        assert_eq!(short.len(), FIELD_CAP);
+        let mut long = "é".repeat(FIELD_CAP);
+        clip(&mut long);
+        assert!(long.starts_with(&"é".repeat(FIELD_CAP / 2)));
+        assert!(
+            long.ends_with(&format!("…[{} more bytes]", FIELD_CAP)),
+            "{long}"
+        );
+    }
+
+    #[tokio::test]
+    async fn past_its_audit_budget_the_gate_records_the_cut_once_and_refuses_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let gate = Gate::new(Some(AuditWriter::create(&path).unwrap()));
+        gate.set_audit_cap(8 << 10);
+        let allow = || Decision::Allow(Grant::always("state (always granted)"));
+        let mut refused = 0;
+        for i in 0..1000 {
+            let target = format!("key-{i}-{}", "k".repeat(4000));
+            let r: Result<(), CapError> = gate
+                .call(Call::new("state", "get", target), allow(), || async {
+                    Ok(())
+                })
+                .await;
+            if matches!(r, Err(CapError::Denied(_))) {
+                refused += 1;
+            }
+        }
+        gate.flush();
+        let size = std::fs::metadata(&path).unwrap().len();
+        // Each record is clipped to about 1 KiB of key: the cap is passed by
+        // at most one record and the cut note.
+        assert!(size < (8 << 10) + 4096, "{size}");
+        assert!(refused > 990, "{refused}");
+        let log = crate::audit::read(&path).unwrap();
+        let cuts = log
+            .iter()
+            .filter(|l| l.record["type"] == "audit-cut")
+            .count();
+        assert_eq!(cuts, 1);
+        assert_eq!(gate.counters.denied.load(Ordering::Relaxed), refused);
+    }
 
     const PHASES: [Phase; 6] = [
         Phase::Detect,

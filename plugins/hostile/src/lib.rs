@@ -53,6 +53,22 @@ fn write_statements(attach: &str) -> Vec<String> {
     v
 }
 
+/// Statements that act on the server rather than on data: a read-only
+/// transaction lets them run, so only the account's privileges stop them.
+/// `file` is a path in a world-writable folder the server could write.
+fn server_statements(file: &str) -> Vec<String> {
+    vec![
+        // PostgreSQL (superuser or pg_write_server_files / pg_signal_backend)
+        format!("COPY (SELECT 'owned') TO '{file}.copy'"),
+        format!("COPY (SELECT 1) TO PROGRAM 'touch {file}.program'"),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'drhost-victim'"
+            .to_string(),
+        // MariaDB (SUPER, FILE)
+        "SET GLOBAL max_connections = 4321".to_string(),
+        format!("SELECT 'owned' INTO OUTFILE '{file}.outfile'"),
+    ]
+}
+
 fn setting(key: &str) -> String {
     state::get(key)
         .and_then(|v| String::from_utf8(v).ok())
@@ -147,6 +163,8 @@ impl Guest for Hostile {
                 step("verify-query-writes", Phase::Verify, true),
                 // Reads only: for grants limited to other phases.
                 step("verify-reads", Phase::Verify, false),
+                // Declared not mutating: acts on the database server itself.
+                step("server-writes", Phase::Verify, false),
             ],
         }
     }
@@ -190,6 +208,20 @@ impl Guest for Hostile {
                     .filter(|sql| db::query("main", sql, &[]).is_ok())
                     .collect(),
             ),
+            "server-writes" => {
+                let file = setting("server-file");
+                let file = if file.is_empty() {
+                    "/tmp/drhost-hostile-server".to_string()
+                } else {
+                    file
+                };
+                outcome(
+                    server_statements(&file)
+                        .into_iter()
+                        .filter(|sql| db::query("main", sql, &[]).is_ok())
+                        .collect(),
+                )
+            }
             "state-peek" => Outcome::Detected(
                 state::keys()
                     .into_iter()

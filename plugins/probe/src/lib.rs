@@ -39,6 +39,8 @@ const STEPS: &[(&str, Phase, bool)] = &[
     ("spin", Phase::Contain, false),
     ("grow", Phase::Detect, false),
     ("trap", Phase::Detect, false),
+    ("recurse", Phase::Detect, false),
+    ("wasi-sleep", Phase::Detect, false),
     ("sneaky-put", Phase::Detect, false),
     ("random", Phase::Detect, false),
     ("exec.run", Phase::Recover, true),
@@ -385,9 +387,24 @@ impl Guest for Probe {
                 }
             }
             "trap" => panic!("probe was asked to trap"),
+            "recurse" => Outcome::Ok(vec![finding("depth", deeper(0))]),
+            // Waits in a WASI clock poll, where no guest code runs.
+            "wasi-sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(600));
+                Outcome::Ok(vec![])
+            }
             other => Outcome::Skipped(format!("unknown step {other}")),
         }
     }
+}
+
+/// Recurses until the stack runs out.
+fn deeper(n: u64) -> u64 {
+    let pad = std::hint::black_box([n; 64]);
+    if pad[0] == u64::MAX {
+        return 0;
+    }
+    1 + deeper(pad[63] + 1)
 }
 
 drhost_plugin::export!(Probe with_types_in drhost_plugin::bindings);
