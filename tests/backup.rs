@@ -161,6 +161,37 @@ async fn a_sqlite_backup_reaches_both_targets_verifies_and_restores_over_damage(
 }
 
 #[tokio::test]
+async fn plaintext_copies_stay_private_and_a_killed_runs_leftovers_are_swept() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let src = sqlite_source(&s, 100);
+    let b = s.backups(&format!("{src}{TWO_LOCAL_TARGETS}")).await;
+    // What a backup killed a day ago left: a whole plaintext snapshot.
+    let work = s.path("state").join("backup-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let left = work.join("snapshot-verify_deadbeef.sqlite");
+    std::fs::copy(s.path("app.db"), &left).unwrap();
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&left)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let recent = work.join("snapshot-verify_cafebabe.sqlite");
+    std::fs::copy(s.path("app.db"), &recent).unwrap();
+
+    assert!(b.create("app", Kind::Full).await.unwrap().complete());
+    let mode = std::fs::metadata(&work).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+    assert!(!left.exists(), "the old leftover is swept");
+    assert!(
+        recent.exists(),
+        "a copy that may belong to a live run stays"
+    );
+}
+
+#[tokio::test]
 async fn a_sqlite_backup_restores_by_hand_with_age_and_zstd() {
     let s = Setup::new();
     let src = sqlite_source(&s, 1_000);
@@ -940,6 +971,44 @@ async fn binlog_exec(url: &str, sql: &str) {
     .unwrap();
 }
 
+/// The binary log's current file and position.
+async fn binlog_mark(url: &str) -> (String, u64) {
+    use sqlx::Row;
+    let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+    let row = sqlx::query("SHOW MASTER STATUS")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    (row.get::<String, _>(0), row.get::<u64, _>(1))
+}
+
+/// The text of every binary log event since `mark`, across later files too.
+async fn binlog_events_since(url: &str, mark: &(String, u64)) -> Vec<String> {
+    use sqlx::Row;
+    let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+    let files: Vec<String> = sqlx::query("SHOW BINARY LOGS")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .filter(|f| *f >= mark.0)
+        .collect();
+    let mut out = Vec::new();
+    for f in files {
+        let from = if f == mark.0 { mark.1 } else { 4 };
+        let sql = format!("SHOW BINLOG EVENTS IN '{f}' FROM {from}");
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+        {
+            out.push(r.try_get::<String, _>("Info").unwrap_or_default());
+        }
+    }
+    out
+}
+
 async fn binlog_scalar(url: &str, sql: &str) -> i64 {
     let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
@@ -998,6 +1067,15 @@ async fn point_in_time_recovery_replays_the_binary_logs_up_to_the_point_before_t
         .unwrap()
         .manifest;
     assert_eq!(full.database.as_deref(), Some(db.as_str()));
+    // Verifying the full restores it into a scratch database, out of the
+    // binary log: replicas never apply it, incrementals never archive it.
+    let mark = binlog_mark(&url).await;
+    assert!(b.verify("ledger", &full.id, &[]).await.unwrap()[0].passed());
+    let logged = binlog_events_since(&url, &mark).await;
+    assert!(
+        !logged.iter().any(|e| e.contains("_drhost_verify_")),
+        "{logged:?}"
+    );
     assert!(
         full.covers
             .position

@@ -347,6 +347,23 @@ impl Mariadb {
         })
         .await
         .map_err(|e| EngineError::Db(format!("replay task: {e}")));
+        if cache.is_some() {
+            // The client has exited, but its thread on the server may still
+            // be ending: turned back on now, the cache could keep it, fake
+            // clock and all (seen under load). Wait until it is gone.
+            for _ in 0..400 {
+                let left: Result<i64, _> = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                )
+                .bind(db)
+                .fetch_one(&mut admin)
+                .await;
+                if !matches!(left, Ok(n) if n > 0) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+        }
         if let Some(n) = cache
             && let Err(e) =
                 sqlx::raw_sql(AssertSqlSafe(format!("SET GLOBAL thread_cache_size = {n}")))
@@ -362,6 +379,11 @@ impl Mariadb {
     pub async fn load(&self, purpose: Purpose) -> Result<Load, EngineError> {
         let name = scratch_name(&self.server.database, &purpose.tag(), 64);
         let mut conn = self.connect().await?;
+        // A verification's scratch copy is nobody else's business: kept out
+        // of the binary log, replicas never apply it and the next incremental
+        // never archives it. (A restore's staging copy is logged: replicas
+        // follow the swap that brings it in.)
+        let unlogged = purpose == Purpose::Verify && self.unlog(&mut conn).await;
         for sql in [
             format!("DROP DATABASE IF EXISTS {}", quote(&name)),
             format!("CREATE DATABASE {}", quote(&name)),
@@ -374,7 +396,28 @@ impl Mariadb {
         let _ = conn.close().await;
         let mut cmd = self.tool("mariadb");
         cmd.arg(format!("--database={name}"));
+        if unlogged {
+            cmd.arg("--init-command=SET SESSION sql_log_bin = 0");
+        }
         spawn_load(cmd, "mariadb", Place::Database(name))
+    }
+
+    /// Turns binary logging off for this session; false (with a warning)
+    /// when the account may not.
+    async fn unlog(&self, conn: &mut MySqlConnection) -> bool {
+        match sqlx::raw_sql("SET SESSION sql_log_bin = 0")
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "verification copies of {} go to the binary log: the account may not turn it off ({e}); grant it BINLOG ADMIN",
+                    self.server.database
+                );
+                false
+            }
+        }
     }
 
     async fn tables(conn: &mut MySqlConnection, db: &str) -> Result<Vec<String>, EngineError> {
@@ -452,6 +495,10 @@ impl Mariadb {
     pub async fn discard(&self, place: &Place) -> Result<(), EngineError> {
         if let Place::Database(db) = place {
             let mut conn = self.connect().await?;
+            // A verification copy was never logged: neither is its removal.
+            if db.contains("_drhost_verify_") {
+                self.unlog(&mut conn).await;
+            }
             sqlx::raw_sql(AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {}",
                 quote(db)

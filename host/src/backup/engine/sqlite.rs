@@ -55,14 +55,51 @@ async fn counts(
     Ok(out)
 }
 
+/// Creates `dir` readable by its owner only: the plaintext snapshots and
+/// verification copies in it are whole databases.
+fn private_dir(dir: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("making {} private", dir.display())))
+}
+
+/// How old a snapshot or verification copy must be before it counts as
+/// the remains of a killed run (a day: a live one is far younger).
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes plaintext copies that killed runs left in the scratch directory.
+fn sweep_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name.ends_with(".sqlite")
+            && (name.starts_with("snapshot-") || name.starts_with("verify_"));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > LEFTOVER_AGE);
+        if ours && old {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!("removed {name}, left by a run that was killed"),
+                Err(err) => tracing::warn!("removing {name}: {err}"),
+            }
+        }
+    }
+}
+
 impl Sqlite {
     pub fn new(path: PathBuf, work: PathBuf) -> Self {
         Sqlite { path, work }
     }
 
     pub async fn dump(&self) -> Result<Dump, EngineError> {
-        std::fs::create_dir_all(&self.work)
-            .map_err(io_err(format!("creating {}", self.work.display())))?;
+        private_dir(&self.work)?;
+        sweep_leftovers(&self.work);
         let snap = self
             .work
             .join(format!("snapshot-{}.sqlite", super::Purpose::Verify.tag()));
@@ -121,7 +158,10 @@ impl Sqlite {
 
     pub async fn load(&self, purpose: Purpose) -> Result<Load, EngineError> {
         let path = self.place_for(purpose);
-        if let Some(dir) = path.parent() {
+        if purpose == Purpose::Verify {
+            private_dir(&self.work)?;
+            sweep_leftovers(&self.work);
+        } else if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
         let file =
