@@ -662,6 +662,81 @@ async fn an_s3_target_vanishing_mid_upload_gets_no_manifest_while_the_other_comp
     assert_all_pass(&r);
 }
 
+#[tokio::test]
+async fn a_dead_target_or_a_damaged_manifest_blocks_only_itself() {
+    // An S3 endpoint nobody listens on, named first so it is tried first.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = Setup::new();
+    let src = sqlite_source(&s, 100);
+    let body = format!(
+        "{src}{}[targets.local]\npath = \"local\"\n",
+        s3_target("adead", "nowhere", &format!("http://127.0.0.1:{dead}"))
+    );
+    let b = s.backups(&body).await;
+    let report = b.create("app", Kind::Full).await.unwrap();
+    let local = report.targets.iter().find(|t| t.target == "local").unwrap();
+    assert!(local.error.is_none(), "{:?}", local.error);
+    let id = report.manifest.id.clone();
+
+    // list: the local backup, and the dead target named as a problem.
+    let (listed, problems) = b.list_report(Some("app")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, "local");
+    assert!(problems.iter().any(|p| p.contains("adead")), "{problems:?}");
+
+    // verify: the dead target fails its own report only.
+    let reports = b.verify("app", "latest", &[]).await.unwrap();
+    let by = |t: &str| reports.iter().find(|r| r.target == t).unwrap();
+    assert!(!by("adead").passed());
+    assert!(by("local").passed(), "{:?}", by("local").checks);
+
+    // restore: falls back to the target that answers.
+    sqlite3(&s.path("app.db"), "DELETE FROM users;");
+    b.restore("app", "latest", "app", None, None).await.unwrap();
+    assert_eq!(
+        sqlite3(&s.path("app.db"), "SELECT count(*) FROM users"),
+        "100"
+    );
+
+    // prune: the local target is pruned, the dead one reported.
+    let later = chrono::Utc::now() + chrono::Duration::days(400);
+    let pruned = b.prune_at(later, true).await.unwrap();
+    assert!(
+        pruned.problems.iter().any(|p| p.contains("adead")),
+        "{:?}",
+        pruned.problems
+    );
+    assert!(
+        pruned
+            .kept
+            .iter()
+            .any(|p| p.target == "local" && p.id == id)
+    );
+
+    // A damaged manifest hides its own backup, not the others, and makes
+    // prune leave unreferenced objects alone.
+    let second = b.create("app", Kind::Full).await.unwrap().manifest;
+    let manifest = s.path("local").join(Manifest::key("app", &second.id));
+    std::fs::write(&manifest, b"{ not json").unwrap();
+    let (listed, problems) = b.list_report(Some("app")).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|(_, m)| m.id.as_str()).collect();
+    assert_eq!(ids, [id.as_str()]);
+    assert!(
+        problems.iter().any(|p| p.contains(&second.id)),
+        "{problems:?}"
+    );
+    let pruned = b.prune_at(later, false).await.unwrap();
+    assert!(
+        pruned.deleted.iter().all(|p| !p.id.contains(&second.id)),
+        "{:?}",
+        pruned.deleted
+    );
+    assert!(s.path("local").join(&second.object).exists());
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {

@@ -241,8 +241,8 @@ pub async fn run(
                 }),
             }
         }
-        BackupCommand::List { source } => match backups.list(source.as_deref()).await {
-            Ok(all) => {
+        BackupCommand::List { source } => match backups.list_report(source.as_deref()).await {
+            Ok((all, problems)) => {
                 if json {
                     let v: Vec<serde_json::Value> = all
                         .iter()
@@ -266,7 +266,12 @@ pub async fn run(
                         );
                     }
                 }
-                Ok(0)
+                // What is listed is real; what could not be read is said,
+                // and the exit code says the listing is partial.
+                for p in &problems {
+                    eprintln!("warning: {p}");
+                }
+                Ok(if problems.is_empty() { 0 } else { 1 })
             }
             Err(e) => Ok({
                 eprintln!("error: {e}");
@@ -387,7 +392,10 @@ pub async fn run(
                         println!("kept {}/{} on {}: {}", p.source, p.id, p.target, p.reason);
                     }
                 }
-                Ok(0)
+                for p in &r.problems {
+                    eprintln!("warning: {p}");
+                }
+                Ok(if r.problems.is_empty() { 0 } else { 1 })
             }
             Err(e) => Ok({
                 eprintln!("error: {e}");

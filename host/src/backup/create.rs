@@ -275,13 +275,28 @@ impl Backups {
     /// The newest backup of `source` on any target.
     pub async fn newest(&self, source: &str) -> Result<Option<Manifest>, BackupError> {
         let mut newest: Option<Manifest> = None;
+        let mut reached = 0;
+        let mut last_error = None;
         for store in &self.stores {
-            if let Some(m) = store.manifests(source).await?.pop()
+            let manifests = match store.manifests(source).await {
+                Ok(m) => m,
+                Err(e) => {
+                    // A target that is down does not stop the others.
+                    tracing::warn!("target {} skipped: {e}", store.name);
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            reached += 1;
+            if let Some(m) = manifests.into_iter().last()
                 && newest.as_ref().is_none_or(|n| m.id > n.id)
             {
                 newest = Some(m);
             }
         }
-        Ok(newest)
+        match (reached, last_error) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(newest),
+        }
     }
 }

@@ -94,14 +94,31 @@ impl Store {
         &self,
         objects: &[ObjectMeta],
     ) -> Result<Vec<Manifest>, BackupError> {
+        Ok(self.manifests_checked(objects).await?.0)
+    }
+
+    /// The manifests among objects already listed, oldest first, and the
+    /// keys of those that could not be read or parsed: one damaged manifest
+    /// hides its own backup, never the others.
+    pub async fn manifests_checked(
+        &self,
+        objects: &[ObjectMeta],
+    ) -> Result<(Vec<Manifest>, Vec<String>), BackupError> {
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for obj in objects {
             if obj.key.ends_with(".manifest.json") {
-                out.push(self.read_manifest(&obj.key).await?);
+                match self.read_manifest(&obj.key).await {
+                    Ok(m) => out.push(m),
+                    Err(e) => {
+                        tracing::warn!("skipping a manifest: {e}");
+                        unreadable.push(e.to_string());
+                    }
+                }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        Ok((out, unreadable))
     }
 
     async fn read_manifest(&self, key: &str) -> Result<Manifest, BackupError> {
@@ -263,6 +280,16 @@ impl Backups {
 
     /// Every backup of `source` (or of every source) on every target.
     pub async fn list(&self, source: Option<&str>) -> Result<Vec<(String, Manifest)>, BackupError> {
+        Ok(self.list_report(source).await?.0)
+    }
+
+    /// Every backup on every reachable target, and what could not be read
+    /// (`target: reason`): a target that is down, or a damaged manifest,
+    /// hides only itself.
+    pub async fn list_report(
+        &self,
+        source: Option<&str>,
+    ) -> Result<(Vec<(String, Manifest)>, Vec<String>), BackupError> {
         let sources: Vec<String> = match source {
             Some(s) => {
                 self.config.source(s).map_err(BackupError::Config)?;
@@ -271,14 +298,26 @@ impl Backups {
             None => self.config.sources.keys().cloned().collect(),
         };
         let mut out = Vec::new();
+        let mut problems = Vec::new();
         for store in &self.stores {
             for s in &sources {
-                for m in store.manifests(s).await? {
-                    out.push((store.name.clone(), m));
+                let listed = match store.objects(s).await {
+                    Ok(objects) => store.manifests_checked(&objects).await,
+                    Err(e) => Err(e),
+                };
+                match listed {
+                    Ok((manifests, unreadable)) => {
+                        out.extend(manifests.into_iter().map(|m| (store.name.clone(), m)));
+                        problems.extend(unreadable);
+                    }
+                    Err(e) => {
+                        tracing::warn!("target {} skipped: {e}", store.name);
+                        problems.push(e.to_string());
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok((out, problems))
     }
 
     /// Where verification results are remembered (prune keeps the newest

@@ -24,6 +24,10 @@ pub struct PruneReport {
     pub deleted: Vec<Pruned>,
     pub kept: Vec<Pruned>,
     pub dry_run: bool,
+    /// Targets or manifests that could not be read: pruned around, not
+    /// through (`target: reason`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 impl Backups {
@@ -37,57 +41,83 @@ impl Backups {
         now: chrono::DateTime<chrono::Utc>,
         dry_run: bool,
     ) -> Result<PruneReport, BackupError> {
-        let r = &self.config.retention;
         let mut report = PruneReport {
             dry_run,
             ..Default::default()
         };
         for store in &self.stores {
             for source in self.config.sources.keys() {
-                // One listing serves the manifests and the orphan check.
-                let objects = store.objects(source).await?;
-                let all: Vec<Manifest> = store.manifests_among(&objects).await?;
-                report
-                    .deleted
-                    .extend(prune_orphans(store, source, &objects, &all, now, dry_run).await?);
-                let verified = |id: &str| self.is_verified(&store.name, source, id);
-                let plan = decide(&all, &verified, now, r.keep_days, r.keep_last)?;
-                let entry = |m: &Manifest, reason: String| Pruned {
-                    target: store.name.clone(),
-                    source: source.clone(),
-                    id: m.id.clone(),
-                    reason,
-                };
-                // Newest first, so that at every moment each incremental
-                // left has its base: a prune cut short leaves whole chains.
-                if !dry_run {
-                    for (m, keep) in all.iter().zip(&plan).rev() {
-                        if keep.is_some() {
-                            continue;
-                        }
-                        store
-                            .backend
-                            .delete(&store.key(&Manifest::key(source, &m.id)))
-                            .await
-                            .map_err(store.err())?;
-                        store
-                            .backend
-                            .delete(&store.key(&m.object))
-                            .await
-                            .map_err(store.err())?;
-                    }
-                }
-                for (m, keep) in all.iter().zip(plan) {
-                    match keep {
-                        Some(reason) => report.kept.push(entry(m, reason)),
-                        None => report
-                            .deleted
-                            .push(entry(m, format!("older than {} days", r.keep_days))),
-                    }
+                // A target that is down, or fails midway, does not stop the
+                // others: its problem is reported and the next one pruned.
+                if let Err(e) = self
+                    .prune_one(store, source, now, dry_run, &mut report)
+                    .await
+                {
+                    tracing::warn!("prune of {source} on {} stopped: {e}", store.name);
+                    report.problems.push(e.to_string());
                 }
             }
         }
         Ok(report)
+    }
+
+    async fn prune_one(
+        &self,
+        store: &super::Store,
+        source: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+        report: &mut PruneReport,
+    ) -> Result<(), BackupError> {
+        let r = &self.config.retention;
+        // One listing serves the manifests and the orphan check.
+        let objects = store.objects(source).await?;
+        let (all, unreadable) = store.manifests_checked(&objects).await?;
+        if unreadable.is_empty() {
+            report
+                .deleted
+                .extend(prune_orphans(store, source, &objects, &all, now, dry_run).await?);
+        } else {
+            // An object whose manifest cannot be read right now is not
+            // an orphan: leave every unreferenced object alone.
+            report.problems.extend(unreadable);
+        }
+        let verified = |id: &str| self.is_verified(&store.name, source, id);
+        let plan = decide(&all, &verified, now, r.keep_days, r.keep_last)?;
+        let entry = |m: &Manifest, reason: String| Pruned {
+            target: store.name.clone(),
+            source: source.to_string(),
+            id: m.id.clone(),
+            reason,
+        };
+        // Newest first, so that at every moment each incremental
+        // left has its base: a prune cut short leaves whole chains.
+        if !dry_run {
+            for (m, keep) in all.iter().zip(&plan).rev() {
+                if keep.is_some() {
+                    continue;
+                }
+                store
+                    .backend
+                    .delete(&store.key(&Manifest::key(source, &m.id)))
+                    .await
+                    .map_err(store.err())?;
+                store
+                    .backend
+                    .delete(&store.key(&m.object))
+                    .await
+                    .map_err(store.err())?;
+            }
+        }
+        for (m, keep) in all.iter().zip(plan) {
+            match keep {
+                Some(reason) => report.kept.push(entry(m, reason)),
+                None => report
+                    .deleted
+                    .push(entry(m, format!("older than {} days", r.keep_days))),
+            }
+        }
+        Ok(())
     }
 }
 

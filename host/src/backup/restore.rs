@@ -212,7 +212,14 @@ impl Backups {
         };
         let mut misses = Vec::new();
         for store in stores {
-            let all = store.manifests(source).await?;
+            // A target that is down: try the next one.
+            let all = match store.manifests(source).await {
+                Ok(all) => all,
+                Err(e) => {
+                    misses.push(e.to_string());
+                    continue;
+                }
+            };
             let full = match (id, stop) {
                 ("latest", Some(stop)) => all
                     .iter()

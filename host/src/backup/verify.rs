@@ -501,12 +501,15 @@ impl Backups {
         let mut reports = Vec::new();
         // "latest" means the same backup everywhere: resolve it on the first target.
         let id = if id == "latest" {
-            stores
-                .first()
-                .ok_or_else(|| BackupError::Config("no targets".into()))?
-                .find(source, "latest")
-                .await?
-                .id
+            // On the first target that answers.
+            let mut found = Err(BackupError::Config("no targets".into()));
+            for store in &stores {
+                found = store.find(source, "latest").await;
+                if !matches!(found, Err(BackupError::Target { .. })) {
+                    break;
+                }
+            }
+            found?.id
         } else {
             id.to_string()
         };
@@ -514,7 +517,13 @@ impl Backups {
             let result = self.verify_on(store, source, &id).await;
             // A backup that fails verification now is not verified, whatever
             // an earlier run found: prune must not count on it.
-            if !result.as_ref().is_ok_and(|r| r.passed()) {
+            // (A target that cannot be reached right now proves nothing.)
+            let failed = match &result {
+                Ok(r) => !r.passed(),
+                Err(BackupError::NotFound(_)) => true,
+                Err(_) => false,
+            };
+            if failed {
                 self.unmark_verified(&store.name, source, &id);
             }
             match result {
@@ -532,7 +541,20 @@ impl Backups {
                         plaintext_sha256: None,
                     });
                 }
-                Err(e) => return Err(e),
+                // A target that cannot be reached fails its own report only.
+                Err(e) => {
+                    let mut sheet = Sheet(Vec::new());
+                    sheet.set(CHECKS[0], false, e.to_string());
+                    sheet.skip_rest("the target could not be read");
+                    reports.push(VerifyReport {
+                        target: store.name.clone(),
+                        id: id.clone(),
+                        source: source.to_string(),
+                        checks: sheet.0,
+                        restored: None,
+                        plaintext_sha256: None,
+                    });
+                }
             }
         }
         Ok(reports)
