@@ -91,7 +91,11 @@ async fn a_mariadb_statement_is_cut_at_the_budget_and_stopped_on_the_server() {
     )
     .await;
     let marker = format!("drhost_budget_{}", unique().replace('-', "_"));
-    let sql = format!("SELECT SLEEP(600) AS {marker}");
+    // A statement that lifts its own time limit and, busy computing, never
+    // notices that its client went away: only a KILL QUERY stops it.
+    let sql = format!(
+        "SET STATEMENT max_statement_time = 0 FOR SELECT BENCHMARK(4000000000, SHA2('x', 256)) AS {marker}"
+    );
     cut_at_budget(&caps, "db.query", &[("conn", "m"), ("sql", &sql)]).await;
     let mut admin = sqlx::MySqlConnection::connect(&url).await.unwrap();
     eventually("the statement still runs on the server", async || {
@@ -117,9 +121,19 @@ async fn a_postgres_statement_is_cut_at_the_budget_and_stopped_on_the_server() {
     )
     .await;
     let marker = format!("drhost_budget_{}", unique().replace('-', "_"));
-    let sql = format!("SELECT pg_sleep(600) AS {marker}");
-    cut_at_budget(&caps, "db.execute", &[("conn", "p"), ("sql", &sql)]).await;
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Work done at COMMIT (a deferred trigger) runs without statement_timeout.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {marker} (v int); \
+         CREATE FUNCTION {marker}_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(600); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER {marker}_t AFTER INSERT ON {marker} DEFERRABLE INITIALLY DEFERRED \
+           FOR EACH ROW EXECUTE FUNCTION {marker}_slow()"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let sql = format!("INSERT INTO {marker} VALUES (42)");
+    cut_at_budget(&caps, "db.execute", &[("conn", "p"), ("sql", &sql)]).await;
     eventually("the statement still runs on the server", async || {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
@@ -131,6 +145,20 @@ async fn a_postgres_statement_is_cut_at_the_budget_and_stopped_on_the_server() {
         n == 0
     })
     .await;
+    // Cancelled, not committed late.
+    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {marker}"
+    )))
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE {marker}; DROP FUNCTION {marker}_slow()"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

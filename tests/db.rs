@@ -81,7 +81,7 @@ async fn setup_postgres() {
     for sql in [
         "REVOKE TEMP ON DATABASE drhost_ro_test FROM PUBLIC",
         "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
-        "REVOKE EXECUTE ON FUNCTION lo_from_bytea(oid, bytea), lo_create(oid), lo_creat(integer), lo_put(oid, bigint, bytea), lo_import(text), lo_import(text, oid), lo_unlink(oid), lowrite(integer, bytea), lo_truncate(integer, integer), lo_truncate64(integer, bigint) FROM PUBLIC",
+        "REVOKE EXECUTE ON FUNCTION lo_from_bytea(oid, bytea), lo_create(oid), lo_creat(integer), lo_put(oid, bigint, bytea), lo_import(text), lo_import(text, oid), lo_unlink(oid), lowrite(integer, bytea), lo_truncate(integer, integer), lo_truncate64(integer, bigint), pg_logical_emit_message(boolean, text, text), pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC",
         "CREATE TABLE IF NOT EXISTS ro_t (id INT PRIMARY KEY, v TEXT)",
         "DELETE FROM ro_t",
         "INSERT INTO ro_t VALUES (1, 'one'), (2, 'two'), (3, 'three')",

@@ -107,7 +107,8 @@ impl Db {
                         "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
                         "REVOKE EXECUTE ON FUNCTION lo_from_bytea(oid, bytea), lo_create(oid), lo_creat(integer), \
                          lo_put(oid, bigint, bytea), lo_import(text), lo_import(text, oid), lo_unlink(oid), \
-                         lowrite(integer, bytea), lo_truncate(integer, integer), lo_truncate64(integer, bigint) FROM PUBLIC",
+                         lowrite(integer, bytea), lo_truncate(integer, integer), lo_truncate64(integer, bigint), \
+                         pg_logical_emit_message(boolean, text, text), pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC",
                         &format!("GRANT CONNECT ON DATABASE {name} TO drhost_hostile_ro"),
                         "GRANT USAGE ON SCHEMA public TO drhost_hostile_ro",
                         "GRANT SELECT ON t TO drhost_hostile_ro",
@@ -966,7 +967,7 @@ async fn a_privileged_account_never_serves_a_read_only_mode(engine: Engine) {
         .into_iter()
         .filter(|r| r["interface"] == "db")
         .collect();
-    assert_eq!(refused.len(), 5, "{log:#?}");
+    assert_eq!(refused.len(), 6, "{log:#?}");
     for r in refused {
         assert_eq!(r["decision"], "deny", "{r}");
         let why = r["error"].as_str().unwrap_or_default();

@@ -100,17 +100,17 @@ impl AuditWriter {
             path: self.path.clone(),
             source,
         };
-        self.out.write_all(LINE_PREFIX.as_bytes()).map_err(io)?;
-        self.out.write_all(hash.as_bytes()).map_err(io)?;
-        self.out.write_all(RECORD_KEY.as_bytes()).map_err(io)?;
-        self.out.write_all(&body).map_err(io)?;
-        self.out
-            .write_all(b"}\n")
-            .map_err(|source| AuditError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.bytes += (LINE_PREFIX.len() + hash.len() + RECORD_KEY.len() + body.len() + 2) as u64;
+        // The whole line in one write: a kill lands between records, not
+        // inside one (and verify reads a cut-off last line as INCOMPLETE).
+        let mut line =
+            Vec::with_capacity(LINE_PREFIX.len() + hash.len() + RECORD_KEY.len() + body.len() + 2);
+        line.extend_from_slice(LINE_PREFIX.as_bytes());
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(RECORD_KEY.as_bytes());
+        line.extend_from_slice(&body);
+        line.extend_from_slice(b"}\n");
+        self.out.write_all(&line).map_err(io)?;
+        self.bytes += line.len() as u64;
         self.prev = hash;
         self.seq += 1;
         Ok(())
@@ -192,11 +192,20 @@ pub fn verify(
         path: path.to_path_buf(),
         source,
     })?;
+    // A last line without its newline was cut off while being written.
+    let cut_tail = {
+        use std::os::unix::fs::FileExt;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut last = [0u8; 1];
+        len > 0 && file.read_exact_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
+    };
     let mut prev = GENESIS.to_string();
     let mut records = 0u64;
     let mut last_type = String::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    let mut lines = BufReader::new(&file).lines().enumerate().peekable();
+    while let Some((i, line)) = lines.next() {
         let n = i as u64 + 1;
+        let is_last = lines.peek().is_none();
         let line = match line {
             Ok(l) => l,
             Err(e) => {
@@ -209,6 +218,14 @@ pub fn verify(
         let broken = |reason: String| Ok(Verdict::Broken { line: n, reason });
         let (stated, body) = match split_line(&line) {
             Ok(x) => x,
+            // The run died while writing its last record (no newline, no
+            // closing brace): what came before chains; incomplete, not forged.
+            Err(_) if is_last && cut_tail => {
+                return Ok(Verdict::Incomplete {
+                    records,
+                    head: prev,
+                });
+            }
             Err(e) => return broken(format!("malformed line: {e}")),
         };
         let actual = sha256_hex(body.as_bytes());
@@ -532,6 +549,26 @@ mod tests {
         assert!(matches!(
             verify(&forged, Some(&head), None).unwrap(),
             Verdict::Broken { line: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn a_record_cut_off_mid_write_makes_the_log_incomplete_not_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_log(dir.path(), 3, false);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(b"{\"hash\":\"0123456789abcdef0123456789abcdef0123456789abcdef");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            verify(&path, None, None).unwrap(),
+            Verdict::Incomplete { records: 4, .. }
+        ));
+        // With its newline the same line is a damaged record, not a cut.
+        bytes.push(b'\n');
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            verify(&path, None, None).unwrap(),
+            Verdict::Broken { line: 5, .. }
         ));
     }
 

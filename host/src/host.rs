@@ -129,12 +129,14 @@ impl log::Host for HostState {
             message.truncate(cut);
             message.push('…');
         }
+        // One line on the terminal, whatever the guest wrote.
+        let shown = crate::text::terminal(&message);
         match level {
-            log::Level::Trace => tracing::trace!(target: "plugin", "{message}"),
-            log::Level::Debug => tracing::debug!(target: "plugin", "{message}"),
-            log::Level::Info => tracing::info!(target: "plugin", "{message}"),
-            log::Level::Warn => tracing::warn!(target: "plugin", "{message}"),
-            log::Level::Error => tracing::error!(target: "plugin", "{message}"),
+            log::Level::Trace => tracing::trace!(target: "plugin", "{shown}"),
+            log::Level::Debug => tracing::debug!(target: "plugin", "{shown}"),
+            log::Level::Info => tracing::info!(target: "plugin", "{shown}"),
+            log::Level::Warn => tracing::warn!(target: "plugin", "{shown}"),
+            log::Level::Error => tracing::error!(target: "plugin", "{shown}"),
         }
         let mut f = serde_json::Map::new();
         f.insert("level".into(), format!("{level:?}").to_lowercase().into());

@@ -566,8 +566,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     let store = StateCap::load(&state_dir, &scenario, cap)?;
                     for key in store.keys() {
                         let value = store.get(&key).unwrap_or_default();
+                        // Keys and values are the plugin's: escaped, one line each.
+                        let key = text::terminal(&key);
                         match String::from_utf8(value) {
-                            Ok(text) => println!("{key} = {text}"),
+                            Ok(v) => println!("{key} = {}", text::terminal(&v)),
                             Err(e) => println!("{key} = <{} bytes>", e.as_bytes().len()),
                         }
                     }

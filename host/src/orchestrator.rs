@@ -529,6 +529,14 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
     end.insert("duration_ms".into(), duration_ms.into());
     end.insert("calls".into(), calls.into());
     end.insert("denied".into(), denied.into());
+    let dropped = caps
+        .gate
+        .counters
+        .dropped_records
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if dropped > 0 {
+        end.insert("dropped_records".into(), dropped.into());
+    }
     end.insert(
         "components".into(),
         serde_json::to_value(&components).unwrap_or(Value::Null),

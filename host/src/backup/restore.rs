@@ -131,6 +131,13 @@ impl Backups {
             )
             .await?;
         let staged = loaded.place.clone();
+        // A restore dropped midway (a step cut at its budget) leaves no
+        // staging file beside the target. (A staging database is replaced
+        // by the next restore: its name is fixed.)
+        let mut staging_file = match &staged {
+            Place::File(p) => Some(super::engine::RemoveOnDrop::new(p.clone())),
+            Place::Database(_) => None,
+        };
         let checked = async {
             check_loaded(&loaded, &full)?;
             let ins = target
@@ -176,6 +183,11 @@ impl Backups {
                 )));
             }
         };
+        // The swap renames the staging file into place (or fails and
+        // discards it): either way the guard has nothing left to do.
+        if let Some(g) = staging_file.take() {
+            g.keep();
+        }
         if let Err(e) = target.swap_in(&staged).await {
             if let Err(d) = target.discard(&staged).await {
                 tracing::warn!("removing the staging copy {staged}: {d}");

@@ -347,8 +347,11 @@ impl DbCap {
                         .execute(&mut *c)
                         .await
                         .map_err(db_error(name))?;
+                    let cancel = Cancel::mysql(&mut c, p, name).await?;
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                    return collect(q.fetch(&mut *c), &limits, mysql_value).await;
+                    let r = collect(q.fetch(&mut *c), &limits, mysql_value).await;
+                    cancel.done();
+                    return r;
                 }
                 // An XA transaction refuses COMMIT and every statement that
                 // commits implicitly (DDL, LOCK TABLES, FLUSH…), so the
@@ -363,8 +366,10 @@ impl DbCap {
                     .execute(&mut *c)
                     .await
                     .map_err(db_error(name))?;
+                let cancel = Cancel::mysql(&mut c, p, name).await?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let r = collect(q.fetch(&mut *c), &limits, mysql_value).await;
+                cancel.done();
                 let end = format!("XA END '{xid}'; XA ROLLBACK '{xid}'");
                 let _ = sqlx::raw_sql(AssertSqlSafe(end)).execute(&mut *c).await;
                 // Session state outlives a transaction (GET_LOCK, user
@@ -380,8 +385,11 @@ impl DbCap {
                     .await
                     .map_err(db_error(name))?;
                 if !ro {
+                    let cancel = Cancel::postgres(&mut c, p, name).await?;
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                    return collect(q.fetch(&mut *c), &limits, pg_value).await;
+                    let r = collect(q.fetch(&mut *c), &limits, pg_value).await;
+                    cancel.done();
+                    return r;
                 }
                 // One prepared statement cannot both end this transaction and
                 // write, and inside it PostgreSQL refuses every write.
@@ -389,8 +397,10 @@ impl DbCap {
                     .execute(&mut *c)
                     .await
                     .map_err(db_error(name))?;
+                let cancel = Cancel::postgres(&mut c, p, name).await?;
                 let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
                 let r = collect(q.fetch(&mut *c), &limits, pg_value).await;
+                cancel.done();
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *c).await;
                 // Session state outlives a transaction (advisory locks,
                 // settings): a read-only query's connection is never reused.
@@ -422,8 +432,11 @@ impl DbCap {
                         .execute(&mut *c)
                         .await
                         .map_err(db_error(name))?;
+                    let cancel = Cancel::mysql(&mut c, p, name).await?;
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                    q_exec!(q, &mut *c, name)
+                    let r = q_exec!(q, &mut *c, name);
+                    cancel.done();
+                    r
                 }
                 Pool::Pg(p) => {
                     let mut c = p.acquire().await.map_err(unavailable(name))?;
@@ -431,8 +444,11 @@ impl DbCap {
                         .execute(&mut *c)
                         .await
                         .map_err(db_error(name))?;
+                    let cancel = Cancel::postgres(&mut c, p, name).await?;
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                    q_exec!(q, &mut *c, name)
+                    let r = q_exec!(q, &mut *c, name);
+                    cancel.done();
+                    r
                 }
                 Pool::Sqlite(p) => {
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
@@ -512,6 +528,86 @@ impl StatementLimit {
     /// PostgreSQL: milliseconds, capped at what the setting holds.
     fn postgres(&self) -> String {
         format!("SET statement_timeout = {}", self.ms.min(i32::MAX as u64))
+    }
+}
+
+/// Stops a statement on the server when the call is dropped before it ends
+/// (the step cut at its budget, or [`within`] giving up): a statement can
+/// ignore the time limit it was given (MariaDB `SET STATEMENT
+/// max_statement_time = 0 FOR …`; PostgreSQL work done at COMMIT, such as a
+/// deferred trigger), and a server does not notice a closed socket while it
+/// computes. The cancel runs from another connection of the same account.
+struct Cancel {
+    how: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Cancel {
+    async fn mysql(
+        c: &mut sqlx::MySqlConnection,
+        pool: &MySqlPool,
+        name: &str,
+    ) -> Result<Self, CapError> {
+        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut *c)
+            .await
+            .map_err(db_error(name))?;
+        let pool = pool.clone();
+        Ok(Cancel::with(async move {
+            let mut k = pool.acquire().await?;
+            sqlx::raw_sql(AssertSqlSafe(format!("KILL QUERY {id}")))
+                .execute(&mut *k)
+                .await?;
+            k.close().await
+        }))
+    }
+
+    async fn postgres(
+        c: &mut sqlx::PgConnection,
+        pool: &PgPool,
+        name: &str,
+    ) -> Result<Self, CapError> {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *c)
+            .await
+            .map_err(db_error(name))?;
+        let pool = pool.clone();
+        Ok(Cancel::with(async move {
+            let mut k = pool.acquire().await?;
+            sqlx::query("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .execute(&mut *k)
+                .await?;
+            k.close().await
+        }))
+    }
+
+    fn with(
+        cancel: impl std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+    ) -> Self {
+        Cancel {
+            how: Some(Box::new(move || {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        if let Err(e) = cancel.await {
+                            tracing::warn!("cancelling a statement cut at the budget: {e}");
+                        }
+                    });
+                }
+            })),
+        }
+    }
+
+    /// The statement ended: nothing to cancel.
+    fn done(mut self) {
+        self.how = None;
+    }
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.how.take() {
+            cancel();
+        }
     }
 }
 
@@ -1049,7 +1145,8 @@ SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplicat
   (SELECT string_agg(f, ', ') FROM unnest(ARRAY[
       'lo_from_bytea(oid,bytea)', 'lo_create(oid)', 'lo_creat(integer)', 'lo_put(oid,bigint,bytea)',
       'lo_import(text)', 'lo_import(text,oid)', 'lo_unlink(oid)', 'lowrite(integer,bytea)',
-      'lo_truncate(integer,integer)', 'lo_truncate64(integer,bigint)']) AS f
+      'lo_truncate(integer,integer)', 'lo_truncate64(integer,bigint)',
+      'pg_logical_emit_message(boolean,text,text)', 'pg_logical_emit_message(boolean,text,bytea)']) AS f
     WHERE has_function_privilege(f, 'EXECUTE')) AS lo_functions,
   pg_has_role('pg_write_all_data', 'MEMBER') OR pg_has_role('pg_write_server_files', 'MEMBER')
     OR pg_has_role('pg_execute_server_program', 'MEMBER')
@@ -1127,7 +1224,9 @@ async fn check_pg_read_only(pool: &PgPool, name: &str, key: &str) -> Result<(), 
         problems.push(format!("can advance sequences: {s}"));
     }
     if let Some(f) = list("lo_functions") {
-        problems.push(format!("can execute large-object functions: {f}"));
+        problems.push(format!(
+            "can execute functions that write despite a read-only transaction (large objects, WAL messages): {f}"
+        ));
     }
     if problems.is_empty() {
         Ok(())

@@ -281,6 +281,8 @@ impl<T: Summarize> Summarize for Option<T> {
 pub struct Counters {
     pub calls: AtomicU64,
     pub denied: AtomicU64,
+    /// Records not written because the audit budget was spent.
+    pub dropped_records: AtomicU64,
 }
 
 /// Where the plugin is when it calls: this decides what it may do now.
@@ -336,6 +338,27 @@ pub struct Gate {
 /// Longest text copied from the guest into one field of a record (a key, a
 /// URL, a target); the rest is replaced by a note of its size.
 const FIELD_CAP: usize = 1024;
+
+/// Most elements of one array copied from the guest into a record.
+const ARRAY_CAP: usize = 64;
+
+/// Clips every string inside `v` (see [`clip`]) and every array to
+/// [`ARRAY_CAP`] elements, so no record grows with what the guest sent.
+pub fn clip_value(v: &mut Value) {
+    match v {
+        Value::String(s) => clip(s),
+        Value::Array(a) => {
+            if a.len() > ARRAY_CAP {
+                let more = a.len() - ARRAY_CAP;
+                a.truncate(ARRAY_CAP);
+                a.push(Value::String(format!("…[{more} more]")));
+            }
+            a.iter_mut().for_each(clip_value);
+        }
+        Value::Object(o) => o.values_mut().for_each(clip_value),
+        _ => {}
+    }
+}
 
 /// Shortens `s` to [`FIELD_CAP`] bytes (on a character boundary), saying so.
 pub fn clip(s: &mut String) {
@@ -447,6 +470,20 @@ impl Gate {
         let Ok(mut guard) = self.audit.lock() else {
             return;
         };
+        // Past the audit budget only the run's skeleton is still written
+        // (step starts and ends, the summary): logs, output and calls are
+        // dropped, counted in the summary.
+        if self.audit_cut.load(Ordering::Relaxed)
+            && !matches!(
+                kind,
+                "run-start" | "scenario" | "step-start" | "step-end" | "run-end"
+            )
+        {
+            self.counters
+                .dropped_records
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match guard.as_mut() {
             Some(w) => {
                 // Written through, record by record, so a run killed at any
@@ -519,11 +556,7 @@ impl Gate {
         }
         let mut call = call;
         clip(&mut call.target);
-        for v in call.args.values_mut() {
-            if let Value::String(s) = v {
-                clip(s);
-            }
-        }
+        call.args.values_mut().for_each(clip_value);
         let start = Instant::now();
         let planned = self.plan && (call.mutating || call.scratch);
         let scope = self.scope();
@@ -540,11 +573,13 @@ impl Gate {
             ),
             Decision::Allow(grant) => (grant.text, run().await, false),
             Decision::Deny { needed, message } => {
+                // Targets and messages carry the guest's keys and URLs.
                 tracing::warn!(
-                    "denied {}.{} on {}: {message}",
+                    "denied {}.{} on {}: {}",
                     call.interface,
                     call.op,
-                    call.target
+                    crate::text::terminal(&call.target),
+                    crate::text::terminal(&message)
                 );
                 (needed, Err(CapError::Denied(message)), true)
             }
@@ -598,7 +633,9 @@ impl Gate {
                 f.extend(moved.extra);
             }
             Err(e) => {
-                f.insert("error".into(), Value::String(error_text(e)));
+                let mut text = error_text(e);
+                clip(&mut text);
+                f.insert("error".into(), Value::String(text));
             }
         }
         self.record("call", f);
@@ -739,6 +776,36 @@ mod tests {
             .count();
         assert_eq!(cuts, 1);
         assert_eq!(gate.counters.denied.load(Ordering::Relaxed), refused);
+        // Logs and output after the cut are dropped and counted, not written.
+        let mut f = Map::new();
+        f.insert("message".into(), Value::String("x".repeat(4000)));
+        for _ in 0..100 {
+            gate.record("log", f.clone());
+        }
+        gate.flush();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        assert_eq!(gate.counters.dropped_records.load(Ordering::Relaxed), 100);
+    }
+
+    #[tokio::test]
+    async fn guest_text_nested_in_arguments_or_errors_is_clipped_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let gate = Gate::new(Some(AuditWriter::create(&path).unwrap()));
+        let huge = "A".repeat(2_000_000);
+        let many: Vec<Value> = (0..10_000).map(|i| Value::from(i.to_string())).collect();
+        let call = Call::new("exec", "run", "nope")
+            .arg("args", Value::Array(vec![Value::String(huge.clone())]))
+            .arg("more", Value::Array(many));
+        let r: Result<(), CapError> = gate
+            .call(call, Decision::Allow(Grant::always("test")), || async {
+                Err(CapError::Invalid(huge.clone()))
+            })
+            .await;
+        assert!(r.is_err());
+        gate.flush();
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size < 8 << 10, "{size} bytes for one call");
     }
 
     const PHASES: [Phase; 6] = [

@@ -63,6 +63,8 @@ fn server_statements(file: &str) -> Vec<String> {
         format!("COPY (SELECT 1) TO PROGRAM 'touch {file}.program'"),
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'drhost-victim'"
             .to_string(),
+        // A non-transactional WAL message survives the rollback.
+        "SELECT pg_logical_emit_message(false, 'drhost-hostile', repeat('x', 1000))".to_string(),
         // MariaDB (SUPER, FILE)
         "SET GLOBAL max_connections = 4321".to_string(),
         format!("SELECT 'owned' INTO OUTFILE '{file}.outfile'"),

@@ -50,6 +50,32 @@ pub struct Dump {
     pub finish: Finish<DumpFacts>,
 }
 
+/// Removes a scratch or staging file when dropped, unless told to keep it.
+pub struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    pub fn new(path: PathBuf) -> Self {
+        RemoveOnDrop(Some(path))
+    }
+
+    /// The file is someone else's now.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("removing {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
 /// Where a backup is loaded before anyone relies on it.
 #[derive(Debug, Clone)]
 pub enum Place {

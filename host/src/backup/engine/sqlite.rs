@@ -55,6 +55,18 @@ async fn counts(
     Ok(out)
 }
 
+/// A reader that owns the scratch file it reads.
+struct Guarded {
+    file: std::fs::File,
+    _guard: super::RemoveOnDrop,
+}
+
+impl std::io::Read for Guarded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
 /// Creates `dir` readable by its owner only: the plaintext snapshots and
 /// verification copies in it are whole databases.
 fn private_dir(dir: &Path) -> Result<(), EngineError> {
@@ -75,7 +87,7 @@ fn sweep_leftovers(dir: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name.ends_with(".sqlite")
+        let ours = (name.ends_with(".sqlite") || name.ends_with(".sqlite-journal"))
             && (name.starts_with("snapshot-") || name.starts_with("verify_"));
         let old = e
             .metadata()
@@ -103,6 +115,9 @@ impl Sqlite {
         let snap = self
             .work
             .join(format!("snapshot-{}.sqlite", super::Purpose::Verify.tag()));
+        // Whatever ends this backup — done, failed, or dropped with a step
+        // cut at its budget — the plaintext snapshot goes with it.
+        let guard = super::RemoveOnDrop::new(snap.clone());
         let mut conn = open(&self.path, true).await?;
         let version: String = sqlx::query_scalar("SELECT sqlite_version()")
             .fetch_one(&mut conn)
@@ -121,20 +136,16 @@ impl Sqlite {
             Ok::<_, EngineError>(tables)
         }
         .await;
-        let tables = match facts {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = std::fs::remove_file(&snap);
-                return Err(e);
-            }
-        };
+        let tables = facts?;
         let file =
             std::fs::File::open(&snap).map_err(io_err(format!("opening {}", snap.display())))?;
-        let finish_snap = snap.clone();
         Ok(Dump {
-            reader: Box::new(file),
+            // The open file keeps the data readable once the name is gone.
+            reader: Box::new(Guarded {
+                file,
+                _guard: guard,
+            }),
             finish: Box::new(move || {
-                let _ = std::fs::remove_file(&finish_snap);
                 Ok(DumpFacts {
                     tables,
                     position: None,
