@@ -486,9 +486,11 @@ impl Gate {
         }
         match guard.as_mut() {
             Some(w) => {
-                // Written through, record by record, so a run killed at any
-                // point leaves every record before the kill in the file; the
-                // header is synced to disk before any guest code runs.
+                // Written through — every step boundary, log line and
+                // mutating call is in the file when it returns, so a run
+                // killed at any point leaves them; read-only calls within
+                // 50 ms. The header is synced to disk before guest code runs.
+                let urgent = kind != "call" || fields.get("mutating") == Some(&Value::Bool(true));
                 let mut written = w.append(kind, fields);
                 let cap = self.audit_cap.load(Ordering::Relaxed);
                 if w.bytes() > cap && !self.audit_cut.swap(true, Ordering::SeqCst) {
@@ -503,7 +505,7 @@ impl Gate {
                     if kind == "run-start" {
                         w.finish()
                     } else {
-                        w.flush()
+                        w.flush_soon(urgent)
                     }
                 });
                 if let Err(e) = written {
