@@ -380,3 +380,30 @@ async fn conformance_reports_traps_undeclared_writes_and_nondeterminism() {
     // Plan mode throughout: the undeclared write did not happen.
     assert!(!dir.path().join("b/sneaky").exists());
 }
+
+#[tokio::test]
+async fn the_audit_anchor_alias_is_the_hosts_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("heads")).unwrap();
+    let caps = caps(
+        "[s3.heads]\npath = \"heads\"\naccess = [\"read\", \"write\"]\nwrite-once = true\n\
+         [audit]\nanchor = \"heads\"\n",
+        dir.path(),
+    )
+    .await;
+    let why = failed(
+        &caps,
+        "s3.put",
+        &[
+            ("alias", "heads"),
+            ("key", "audit-heads/forged.sha256"),
+            ("body", "x"),
+        ],
+    )
+    .await;
+    assert!(
+        why.contains("denied") && why.contains("[audit] anchor"),
+        "{why}"
+    );
+    assert!(!dir.path().join("heads/audit-heads").exists());
+}

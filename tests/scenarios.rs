@@ -647,3 +647,69 @@ fn a_run_killed_by_sigkill_in_its_first_step_verifies_as_incomplete() {
 fn a_run_killed_by_sigterm_in_its_first_step_verifies_as_incomplete() {
     a_run_killed_in_its_first_step_verifies_as_incomplete(libc::SIGTERM);
 }
+
+#[test]
+fn an_anchored_head_catches_a_log_rewritten_together_with_the_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    drhost::quickstart::setup(&dir.path().join("buckets")).unwrap();
+    let policy = storage_policy(dir.path());
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str(
+        "[s3.heads]\npath = \"heads\"\naccess = [\"read\", \"write\"]\nwrite-once = true\n\
+         [audit]\nanchor = \"heads\"\n",
+    );
+    std::fs::write(&policy, text).unwrap();
+    let out = drhost()
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["run", "--json", "--policy"])
+        .arg(&policy)
+        .arg("--out")
+        .arg(dir.path().join("runs"))
+        .arg(plugin_path("storage-failover"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = Path::new(report["audit_log"].as_str().unwrap()).to_path_buf();
+    let run_id = report["run_id"].as_str().unwrap().to_string();
+    assert!(
+        dir.path()
+            .join(format!("heads/audit-heads/{run_id}.sha256"))
+            .is_file()
+    );
+    let verify = || {
+        drhost()
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["audit", "verify", "--anchor"])
+            .arg(&policy)
+            .arg(&log)
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    let said = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        said.contains("matches the head anchored in s3.heads"),
+        "{said}"
+    );
+    assert_eq!(ok.status.code(), Some(0));
+
+    // Whoever can write the host's files cuts the log's last record and
+    // removes the head kept in the state directory: only the anchor knows.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&log, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    std::fs::remove_file(audit::head_file(&state, &run_id)).unwrap();
+    let cut = verify();
+    let said = String::from_utf8_lossy(&cut.stdout);
+    assert!(said.starts_with("BROKEN"), "{said}");
+    assert_eq!(cut.status.code(), Some(1));
+}

@@ -202,6 +202,10 @@ enum AuditCommand {
         /// a chain alone does not show that the log was not rewritten.
         #[arg(long)]
         require_head: bool,
+        /// Also compare with the head the run wrote to the `[audit] anchor`
+        /// alias of this policy (fails when it is missing or differs).
+        #[arg(long, value_name = "POLICY")]
+        anchor: Option<PathBuf>,
     },
     /// Print a readable timeline.
     Show { file: PathBuf },
@@ -515,7 +519,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(code)
         }
         Command::Audit {
-            command: AuditCommand::Verify { file, require_head },
+            command:
+                AuditCommand::Verify {
+                    file,
+                    require_head,
+                    anchor,
+                },
         } => {
             let run_id = file
                 .parent()
@@ -523,9 +532,47 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let head = audit::load_head(&state_dir, &run_id);
-            match audit::verify(&file, head.as_deref(), Some(&run_id))
-                .with_context(|| format!("verifying {}", file.display()))?
-            {
+            let verdict = audit::verify(&file, head.as_deref(), Some(&run_id))
+                .with_context(|| format!("verifying {}", file.display()))?;
+            if let Some(policy) = anchor {
+                let policy = Policy::load(&policy)?;
+                let alias = policy.audit.anchor.clone().unwrap_or_default();
+                let s3 = drhost::caps::s3::S3Cap::from_policy(&policy)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let anchored = s3
+                    .anchored_head(&run_id)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let last = match &verdict {
+                    Verdict::Ok { head, .. } | Verdict::Incomplete { head, .. } => Some(head),
+                    Verdict::Broken { .. } => None,
+                };
+                match (anchored, last) {
+                    (None, _) => {
+                        println!("NOT ANCHORED: s3.{alias} holds no head for run {run_id:?}");
+                        return Ok(1);
+                    }
+                    (Some(a), Some(h)) if a != *h => {
+                        println!(
+                            "BROKEN: the log's last hash {}… differs from the head anchored in s3.{alias} ({}…): the log was rewritten or cut",
+                            h.get(..12).unwrap_or(h),
+                            text::terminal(a.get(..12).unwrap_or(&a))
+                        );
+                        return Ok(1);
+                    }
+                    (Some(_), Some(h)) => {
+                        if matches!(verdict, Verdict::Ok { .. }) {
+                            println!(
+                                "OK: chain intact, head {h} matches the head anchored in s3.{alias}"
+                            );
+                            return Ok(0);
+                        }
+                    }
+                    (Some(_), None) => {}
+                }
+            }
+            match verdict {
                 Verdict::Ok { records, head: h } if head.is_some() => {
                     println!(
                         "OK: {records} records, chain intact, head {h} matches the head recorded when the run ended"

@@ -557,6 +557,11 @@ pub async fn run(runtime: &Runtime, wasm: &Path, opts: RunOptions) -> Result<Run
         if let Err(e) = audit::store_head(&opts.state_dir, &run_id, w.head()) {
             tracing::error!("could not record the audit head in the state directory: {e}");
         }
+        // Outside the host too, where whoever can rewrite the state
+        // directory cannot rewrite it.
+        if let Err(e) = caps.s3.anchor_head(&run_id, w.head()).await {
+            tracing::error!("could not anchor the audit head ([audit] anchor): {e}");
+        }
     }
     if let Err(e) = caps.state.persist() {
         tracing::error!("{e}");

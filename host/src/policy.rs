@@ -29,6 +29,8 @@ pub struct Policy {
     pub plugin: PluginSection,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub audit: AuditSection,
     /// S3 aliases, by name.
     #[serde(default)]
     pub s3: BTreeMap<String, S3Grant>,
@@ -69,6 +71,15 @@ pub struct PluginSection {
     /// `<plugin>.minisig` beside it.
     #[serde(default, rename = "signed-by")]
     pub signed_by: Vec<String>,
+}
+
+/// Where the audit log's head goes besides the state directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuditSection {
+    /// An `[s3.*]` alias, write-once, that receives each run's head as
+    /// `audit-heads/<run-id>.sha256`. The plugin may not use it.
+    pub anchor: Option<String>,
 }
 
 /// Resource limits for the guest.
@@ -909,6 +920,18 @@ impl Policy {
             return Err(format!(
                 "[plugin] sha256 must be 64 hex digits, got {pin:?}"
             ));
+        }
+        if let Some(a) = &self.audit.anchor {
+            let Some(g) = self.s3.get(a) else {
+                return Err(format!(
+                    "[audit] anchor = {a:?}: no [s3.{a}] alias; add one (write-once) for the heads"
+                ));
+            };
+            if !g.write_once || !g.allows(S3Access::Write) || !g.allows(S3Access::Read) {
+                return Err(format!(
+                    "[audit] anchor = {a:?}: [s3.{a}] must grant read and write and be write-once (write-once = true), so a head once written is never replaced"
+                ));
+            }
         }
         if self.limits.step_seconds == 0 || self.limits.run_seconds == 0 {
             return Err("[limits] step-seconds and run-seconds must be more than 0".into());

@@ -200,6 +200,8 @@ impl Alias {
 pub struct S3Cap {
     aliases: BTreeMap<String, Alias>,
     pub max_guest_bytes: u64,
+    /// `[audit] anchor`: the host's, never the plugin's.
+    anchor: Option<String>,
 }
 
 impl S3Cap {
@@ -236,11 +238,20 @@ impl S3Cap {
         Ok(S3Cap {
             aliases,
             max_guest_bytes: policy.limits.max_guest_bytes.0,
+            anchor: policy.audit.anchor.clone(),
         })
     }
 
     /// The alias, or the decision that denies an unknown one.
     pub fn alias(&self, name: &str, access: S3Access, op: &str) -> Result<&Alias, Decision> {
+        if self.anchor.as_deref() == Some(name) {
+            return Err(Decision::Deny {
+                needed: format!("s3.{name} (reserved: [audit] anchor)"),
+                message: format!(
+                    "s3.{op}: alias {name:?} holds the audit log's heads ([audit] anchor); plugins may not use it"
+                ),
+            });
+        }
         self.aliases.get(name).ok_or_else(|| Decision::Deny {
             needed: format!("s3.{name} access={access}"),
             message: format!(
@@ -252,6 +263,52 @@ impl S3Cap {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.aliases.keys().map(String::as_str)
     }
+
+    /// Writes a run's audit head to the `[audit] anchor` alias (write-once:
+    /// a head already there is never replaced).
+    pub async fn anchor_head(&self, run_id: &str, head: &str) -> Result<(), String> {
+        let Some(alias) = self.anchor.as_ref().and_then(|a| self.aliases.get(a)) else {
+            return Ok(());
+        };
+        let key = anchor_key(run_id);
+        let full = alias.key(&key).map_err(|e| format!("{e:?}"))?;
+        alias
+            .check_new(&full, &key)
+            .await
+            .map_err(|e| crate::caps::error_text(&e))?;
+        alias
+            .backend
+            .put(&full, format!("{head}\n").into_bytes())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("s3.{}: {e}", alias.name))
+    }
+
+    /// The head anchored for `run_id`, if any.
+    pub async fn anchored_head(&self, run_id: &str) -> Result<Option<String>, String> {
+        let Some(alias) = self.anchor.as_ref().and_then(|a| self.aliases.get(a)) else {
+            return Err("the policy names no [audit] anchor".into());
+        };
+        let key = anchor_key(run_id);
+        let full = alias.key(&key).map_err(|e| format!("{e:?}"))?;
+        let (_, mut reader) = match alias.backend.open(&full, None).await {
+            Ok(x) => x,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(format!("s3.{}: {e}", alias.name)),
+        };
+        let mut text = String::new();
+        (&mut reader)
+            .take(256)
+            .read_to_string(&mut text)
+            .await
+            .map_err(|e| format!("s3.{}: reading {key}: {e}", alias.name))?;
+        Ok(Some(text.trim().to_string()))
+    }
+}
+
+/// Where a run's head lies on the anchor alias.
+fn anchor_key(run_id: &str) -> String {
+    format!("audit-heads/{run_id}.sha256")
 }
 
 /// Reads a whole object into memory, refusing more than `max` bytes.
