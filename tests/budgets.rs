@@ -260,6 +260,33 @@ async fn what_a_program_leaves_behind_is_killed_even_out_of_its_process_group() 
 }
 
 #[tokio::test]
+async fn a_daemon_that_hides_its_session_and_environment_is_killed_with_its_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("daemon.pid");
+    let caps = caps(
+        &format!(
+            "[exec.start]\nprogram = {:?}\nargs = [{{ path-under = {:?} }}]\n",
+            fixture("daemonize-hidden.sh"),
+            dir.path()
+        ),
+        dir.path(),
+    )
+    .await;
+    let f = ok(
+        &caps,
+        "exec.run",
+        &[("name", "start"), ("arg", pidfile.to_str().unwrap())],
+    )
+    .await;
+    assert!(f.contains(&("exit".into(), "0".into())), "{f:?}");
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    eventually("the hidden daemon survived", async || gone(&pid)).await;
+}
+
+#[tokio::test]
 async fn a_grant_that_leaves_a_service_running_keeps_it_and_does_not_wait_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("daemon.pid");

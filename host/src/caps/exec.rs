@@ -115,6 +115,33 @@ impl ExecCap {
         if let Some(dir) = g.cwd.as_ref().or(self.base_dir.as_ref()) {
             cmd.current_dir(dir);
         }
+        // A cgroup of its own, where the system lets drhost make one: every
+        // process the program starts is in it, whatever it does to its
+        // session, group, parent or environment. (Not for a program that
+        // leaves a service running: the service would keep the cgroup.)
+        let cgroup = if g.leaves_running {
+            None
+        } else {
+            Cgroup::create(&marker)
+        };
+        if let Some(cg) = &cgroup {
+            let procs = cg.procs.clone();
+            // SAFETY: runs in the child between fork and exec; it only makes
+            // async-signal-safe system calls (open, write, close) on a path
+            // allocated before the fork, and ignores their failure (the
+            // marker sweep still applies).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd >= 0 {
+                        // "0" moves the writing process itself.
+                        libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
+                    Ok(())
+                });
+            }
+        }
         let started = Instant::now();
         let mut child = cmd
             .spawn()
@@ -123,6 +150,7 @@ impl ExecCap {
         let mut tree = Started {
             pgid: child.id().and_then(|p| i32::try_from(p).ok()),
             marker,
+            cgroup,
             armed: true,
         };
         let cap = usize::try_from(g.max_output.0).unwrap_or(usize::MAX);
@@ -176,19 +204,99 @@ async fn drain(task: &mut tokio::task::JoinHandle<(String, bool)>) -> (String, b
     }
 }
 
+/// A cgroup for one `exec.run` (cgroup v1 `pids` hierarchy, else v2).
+struct Cgroup {
+    dir: PathBuf,
+    /// `cgroup.procs`, as a C string made before any fork.
+    procs: std::ffi::CString,
+}
+
+impl Cgroup {
+    /// Makes `drhost-exec-<marker>` in the first hierarchy that allows it;
+    /// `None` where none does (no privilege, read-only /sys/fs/cgroup).
+    fn create(marker: &str) -> Option<Cgroup> {
+        for base in [
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ] {
+            let base = std::path::Path::new(base);
+            if !base.join("cgroup.procs").exists() {
+                continue;
+            }
+            // Empty ones left by a drhost that was killed go first (a
+            // cgroup still in use is not empty and stays).
+            if let Ok(entries) = std::fs::read_dir(base) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with("drhost-exec-") {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let dir = base.join(format!("drhost-exec-{marker}"));
+            if std::fs::create_dir(&dir).is_ok() {
+                let procs = std::ffi::CString::new(
+                    dir.join("cgroup.procs")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .ok()?;
+                return Some(Cgroup { dir, procs });
+            }
+        }
+        None
+    }
+
+    /// Every process in the cgroup.
+    fn members(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// SIGKILLs every member until none is left, then removes the cgroup.
+    fn kill_and_remove(&self) {
+        for _ in 0..50 {
+            let members = self.members();
+            if members.is_empty() {
+                break;
+            }
+            for pid in members {
+                // SAFETY: signals one process by pid; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        tracing::warn!("exec: could not remove {}", self.dir.display());
+    }
+}
+
 /// Everything one `exec.run` started.
 struct Started {
     pgid: Option<i32>,
     marker: String,
+    cgroup: Option<Cgroup>,
     /// Kill everything when dropped.
     armed: bool,
 }
 
 impl Started {
-    /// SIGKILLs the process group and every process carrying the marker,
-    /// until none is left (a process may fork while the sweep runs).
+    /// SIGKILLs the cgroup, the process group and every process carrying
+    /// the marker, until none is left (a process may fork while the sweep
+    /// runs).
     fn kill_all(&mut self) {
         self.armed = false;
+        if let Some(cg) = self.cgroup.take() {
+            cg.kill_and_remove();
+        }
         if let Some(pgid) = self.pgid {
             // SAFETY: signals the process group created for this run; no memory involved.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
