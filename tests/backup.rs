@@ -1306,6 +1306,44 @@ async fn point_in_time_recovery_replays_the_binary_logs_up_to_the_point_before_t
     );
 }
 
+#[tokio::test]
+async fn an_incremental_goes_only_to_targets_that_hold_its_base() {
+    let base = mariadb_binlog_url();
+    let base = base.rsplit_once('/').unwrap().0.to_string();
+    let db = format!("drhost_incbase_{}", unique().replace('-', "_"));
+    binlog_exec(&format!("{base}/test"), &format!("CREATE DATABASE {db}")).await;
+    let url = format!("{base}/{db}");
+    binlog_exec(
+        &url,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);",
+    )
+    .await;
+    let s = Setup::new();
+    let b = s
+        .backups(&format!(
+            "[sources.app]\nkind = \"mariadb\"\nurl = \"{url}\"\n\
+             [targets.a]\npath = \"a\"\n[targets.b]\npath = \"b\"\n"
+        ))
+        .await;
+    let full = b.create("app", Kind::Full).await.unwrap().manifest;
+    // The full reached only target a (b's copy is gone).
+    std::fs::remove_file(s.path("b").join(Manifest::key("app", &full.id))).unwrap();
+    binlog_exec(&url, "INSERT INTO t VALUES (2);").await;
+    let report = b.create("app", Kind::Incremental).await.unwrap();
+    let by = |t: &str| report.targets.iter().find(|r| r.target == t).unwrap();
+    assert!(by("a").error.is_none(), "{:?}", by("a").error);
+    let why = by("b").error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains(&format!("its base {} is not on this target", full.id)),
+        "{why}"
+    );
+    assert!(
+        !s.path("b")
+            .join(Manifest::key("app", &report.manifest.id))
+            .exists()
+    );
+}
+
 // ---- drhost killed with SIGKILL in the middle ----
 
 /// `drhost backup …` as a child process with this setup's configuration.

@@ -45,7 +45,9 @@ impl Backups {
         started: chrono::DateTime<chrono::Utc>,
     ) -> Result<CreateReport, BackupError> {
         let engine = self.engine(source)?;
-        let stores: Vec<&super::Store> = self.stores.iter().collect();
+        let mut stores: Vec<&super::Store> = self.stores.iter().collect();
+        // Targets left out of this backup, and why.
+        let mut skipped: Vec<TargetResult> = Vec::new();
         if stores.is_empty() {
             return Err(BackupError::Config("no targets configured".into()));
         }
@@ -95,6 +97,33 @@ impl Backups {
                             base.id
                         ))
                     })?;
+                // An incremental only goes where its base is: elsewhere it
+                // would look complete and restore nothing.
+                let key = Manifest::key(source, &base.id);
+                let mut with_base = Vec::new();
+                for store in stores {
+                    match store.backend.head(&store.key(&key)).await {
+                        Ok(Some(_)) => with_base.push(store),
+                        Ok(None) => skipped.push(TargetResult {
+                            target: store.name.clone(),
+                            error: Some(format!(
+                                "its base {} is not on this target: take a full backup to bring it back in step",
+                                base.id
+                            )),
+                        }),
+                        Err(e) => skipped.push(TargetResult {
+                            target: store.name.clone(),
+                            error: Some(format!("checking for its base {}: {e}", base.id)),
+                        }),
+                    }
+                }
+                if with_base.is_empty() {
+                    return Err(BackupError::Failed(format!(
+                        "no target holds the base {} of the incremental: take a full backup",
+                        base.id
+                    )));
+                }
+                stores = with_base;
                 let inc = m.incremental(&from, &self.work_dir()).await?;
                 (
                     inc.dump,
@@ -233,6 +262,10 @@ impl Backups {
             .map_err(|e| BackupError::Failed(format!("encoding the manifest: {e}")))?;
 
         let mut targets = Vec::new();
+        for t in skipped {
+            tracing::warn!(target = %t.target, "backup {id} left out: {}", t.error.as_deref().unwrap_or(""));
+            targets.push(t);
+        }
         for (store, upload_error) in results {
             // The manifest goes last, and only where every byte arrived.
             let error = match upload_error {
