@@ -226,78 +226,82 @@ async fn main() {
         "benchmark", "median", "target", "raw wasmtime 48"
     );
 
-    // 1. Instantiate + one run-step from a precompiled component.
-    let ours = time_noop(&runtime, &probe, &caps, iters).await;
-    let raw = raw_baseline(&probe_path, iters, None).await;
-    if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
-        let same = raw_baseline(&probe_path, iters, Some(runtime.engine())).await;
-        row(
-            "  raw wasmtime on drhost's engine",
-            format!("{:.1} µs", us(median(same))),
-            "",
-            None,
-        );
-    }
-    let (m, r) = (median(ours.clone()), median(raw));
-    row(
-        "instantiate + run-step (probe, 273 KB, precompiled)",
-        format!("{:.1} µs", us(m)),
-        "",
-        Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),
-    );
-    row("  p90", format!("{:.1} µs", us(p90(ours))), "", None);
+    let only_budgets = std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "budgets");
 
-    // 1b. The same for the smallest plugin (tiny: one step that calls nothing).
-    let tiny_path = plugin("tiny");
-    runtime.load(&tiny_path).expect("compile once");
-    let tiny = runtime.load(&tiny_path).expect("load from cache");
-    let ours = time_noop(&runtime, &tiny, &caps, iters).await;
-    let raw = raw_baseline(&tiny_path, iters, None).await;
-    let (m, r) = (median(ours.clone()), median(raw));
-    row(
-        "instantiate + run-step (tiny, precompiled)",
-        format!("{:.1} µs", us(m)),
-        "< 30 µs",
-        Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),
-    );
-    row("  p90", format!("{:.1} µs", us(p90(ours))), "", None);
-    let hello = runtime.load(&plugin("hello")).expect("hello");
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let start = Instant::now();
-        runtime
-            .run_step(&hello, &caps, "check", &[], budget)
-            .await
-            .expect("check");
-        times.push(start.elapsed());
-    }
-    row(
-        "instantiate + run-step (hello: 2 audited state calls)",
-        format!("{:.1} µs", us(median(times))),
-        "",
-        None,
-    );
-    // The same scenario written in Python and JavaScript: their interpreters
-    // are inside the component, so instantiating one costs far more.
-    for (name, label) in [("hello_py", "Python"), ("hello_js", "JavaScript")] {
-        let path = plugin(name);
-        runtime.load(&path).expect("compile once");
-        let guest = runtime.load(&path).expect("load from cache");
-        let mut times = Vec::with_capacity(200);
-        for _ in 0..200 {
+    // 1. Instantiate + one run-step from a precompiled component.
+    if !only_budgets {
+        let ours = time_noop(&runtime, &probe, &caps, iters).await;
+        let raw = raw_baseline(&probe_path, iters, None).await;
+        if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
+            let same = raw_baseline(&probe_path, iters, Some(runtime.engine())).await;
+            row(
+                "  raw wasmtime on drhost's engine",
+                format!("{:.1} µs", us(median(same))),
+                "",
+                None,
+            );
+        }
+        let (m, r) = (median(ours.clone()), median(raw));
+        row(
+            "instantiate + run-step (probe, 273 KB, precompiled)",
+            format!("{:.1} µs", us(m)),
+            "",
+            Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),
+        );
+        row("  p90", format!("{:.1} µs", us(p90(ours))), "", None);
+
+        // 1b. The same for the smallest plugin (tiny: one step that calls nothing).
+        let tiny_path = plugin("tiny");
+        runtime.load(&tiny_path).expect("compile once");
+        let tiny = runtime.load(&tiny_path).expect("load from cache");
+        let ours = time_noop(&runtime, &tiny, &caps, iters).await;
+        let raw = raw_baseline(&tiny_path, iters, None).await;
+        let (m, r) = (median(ours.clone()), median(raw));
+        row(
+            "instantiate + run-step (tiny, precompiled)",
+            format!("{:.1} µs", us(m)),
+            "< 30 µs",
+            Some(format!("{:.1} µs (×{:.2})", us(r), us(m) / us(r))),
+        );
+        row("  p90", format!("{:.1} µs", us(p90(ours))), "", None);
+        let hello = runtime.load(&plugin("hello")).expect("hello");
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
             let start = Instant::now();
             runtime
-                .run_step(&guest, &caps, "check", &[], budget)
+                .run_step(&hello, &caps, "check", &[], budget)
                 .await
                 .expect("check");
             times.push(start.elapsed());
         }
         row(
-            &format!("instantiate + run-step (hello in {label})"),
+            "instantiate + run-step (hello: 2 audited state calls)",
             format!("{:.1} µs", us(median(times))),
             "",
             None,
         );
+        // The same scenario written in Python and JavaScript: their interpreters
+        // are inside the component, so instantiating one costs far more.
+        for (name, label) in [("hello_py", "Python"), ("hello_js", "JavaScript")] {
+            let path = plugin(name);
+            runtime.load(&path).expect("compile once");
+            let guest = runtime.load(&path).expect("load from cache");
+            let mut times = Vec::with_capacity(200);
+            for _ in 0..200 {
+                let start = Instant::now();
+                runtime
+                    .run_step(&guest, &caps, "check", &[], budget)
+                    .await
+                    .expect("check");
+                times.push(start.elapsed());
+            }
+            row(
+                &format!("instantiate + run-step (hello in {label})"),
+                format!("{:.1} µs", us(median(times))),
+                "",
+                None,
+            );
+        }
     }
 
     if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "instantiate") {
@@ -336,10 +340,9 @@ async fn main() {
 
     // 2b. How far past its budget a step ends, per kind of wait. Baseline:
     // a guest busy in its own code, stopped by the epoch deadline.
-    if std::env::var("DRHOST_BENCH_ONLY").is_ok_and(|v| v == "budgets")
-        || std::env::var("DRHOST_BENCH_ONLY").is_err()
-    {
-        budget_overruns(&runtime, &probe, dir.path()).await;
+    budget_overruns(&runtime, &probe, dir.path()).await;
+    if only_budgets {
+        return;
     }
 
     // 3. Whole `drhost run` of a trivial plugin, cache warm (Rust, then Python).
