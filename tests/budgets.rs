@@ -228,89 +228,60 @@ fn gone(pid: &str) -> bool {
     }
 }
 
-#[tokio::test]
-async fn what_a_program_leaves_behind_is_killed_even_out_of_its_process_group() {
+/// Runs `fixture` (a program that leaves a process behind and writes its
+/// pid to the file it is given) through `exec.run`, with `extra` grant
+/// lines. Returns the findings, how long the call took, and the pid.
+async fn start_leaving_behind(
+    fixture_name: &str,
+    extra: &str,
+) -> (Vec<(String, String)>, Duration, String) {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("daemon.pid");
     let caps = caps(
         &format!(
-            "[exec.start]\nprogram = {:?}\nargs = [{{ path-under = {:?} }}]\n",
-            fixture("daemonize.sh"),
+            "[exec.start]\nprogram = {:?}\nargs = [{{ path-under = {:?} }}]\n{extra}",
+            fixture(fixture_name),
             dir.path()
         ),
         dir.path(),
     )
     .await;
     let started = Instant::now();
-    // The left-behind process holds the program's stdout: the call must
-    // not wait for it.
     let f = ok(
         &caps,
         "exec.run",
         &[("name", "start"), ("arg", pidfile.to_str().unwrap())],
     )
     .await;
-    assert!(started.elapsed() < MARGIN, "{f:?}");
-    assert!(f.contains(&("exit".into(), "0".into())), "{f:?}");
+    let took = started.elapsed();
     let pid = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
         .to_string();
+    (f, took, pid)
+}
+
+#[tokio::test]
+async fn what_a_program_leaves_behind_is_killed_even_out_of_its_process_group() {
+    // The left-behind process holds the program's stdout: the call must
+    // not wait for it.
+    let (f, took, pid) = start_leaving_behind("daemonize.sh", "").await;
+    assert!(took < MARGIN, "{f:?}");
+    assert!(f.contains(&("exit".into(), "0".into())), "{f:?}");
     eventually("the setsid child survived", async || gone(&pid)).await;
 }
 
 #[tokio::test]
 async fn a_daemon_that_hides_its_session_and_environment_is_killed_with_its_cgroup() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("daemon.pid");
-    let caps = caps(
-        &format!(
-            "[exec.start]\nprogram = {:?}\nargs = [{{ path-under = {:?} }}]\n",
-            fixture("daemonize-hidden.sh"),
-            dir.path()
-        ),
-        dir.path(),
-    )
-    .await;
-    let f = ok(
-        &caps,
-        "exec.run",
-        &[("name", "start"), ("arg", pidfile.to_str().unwrap())],
-    )
-    .await;
+    let (f, _, pid) = start_leaving_behind("daemonize-hidden.sh", "").await;
     assert!(f.contains(&("exit".into(), "0".into())), "{f:?}");
-    let pid = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .to_string();
     eventually("the hidden daemon survived", async || gone(&pid)).await;
 }
 
 #[tokio::test]
 async fn a_grant_that_leaves_a_service_running_keeps_it_and_does_not_wait_for_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("daemon.pid");
-    let caps = caps(
-        &format!(
-            "[exec.start]\nprogram = {:?}\nargs = [{{ path-under = {:?} }}]\nleaves-running = true\n",
-            fixture("daemonize.sh"),
-            dir.path()
-        ),
-        dir.path(),
-    )
-    .await;
-    let started = Instant::now();
-    let f = ok(
-        &caps,
-        "exec.run",
-        &[("name", "start"), ("arg", pidfile.to_str().unwrap())],
-    )
-    .await;
-    assert!(started.elapsed() < MARGIN, "{f:?}");
-    let pid = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .to_string();
+    let (f, took, pid) = start_leaving_behind("daemonize.sh", "leaves-running = true\n").await;
+    assert!(took < MARGIN, "{f:?}");
     assert!(!gone(&pid), "the service was killed");
     // SAFETY: test clean-up, signals the process it started.
     unsafe { libc::kill(pid.parse().unwrap(), libc::SIGKILL) };

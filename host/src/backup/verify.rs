@@ -526,36 +526,27 @@ impl Backups {
             if failed {
                 self.unmark_verified(&store.name, source, &id);
             }
-            match result {
-                Ok(r) => reports.push(r),
-                Err(BackupError::NotFound(msg)) => {
-                    let mut sheet = Sheet(Vec::new());
-                    sheet.set(CHECKS[0], false, msg);
-                    sheet.skip_rest("no manifest on this target");
-                    reports.push(VerifyReport {
-                        target: store.name.clone(),
-                        id: id.clone(),
-                        source: source.to_string(),
-                        checks: sheet.0,
-                        restored: None,
-                        plaintext_sha256: None,
-                    });
+            // A missing manifest or a target that cannot be reached fails
+            // that target's report only.
+            let (first, rest) = match result {
+                Ok(r) => {
+                    reports.push(r);
+                    continue;
                 }
-                // A target that cannot be reached fails its own report only.
-                Err(e) => {
-                    let mut sheet = Sheet(Vec::new());
-                    sheet.set(CHECKS[0], false, e.to_string());
-                    sheet.skip_rest("the target could not be read");
-                    reports.push(VerifyReport {
-                        target: store.name.clone(),
-                        id: id.clone(),
-                        source: source.to_string(),
-                        checks: sheet.0,
-                        restored: None,
-                        plaintext_sha256: None,
-                    });
-                }
-            }
+                Err(BackupError::NotFound(msg)) => (msg, "no manifest on this target"),
+                Err(e) => (e.to_string(), "the target could not be read"),
+            };
+            let mut sheet = Sheet(Vec::new());
+            sheet.set(CHECKS[0], false, first);
+            sheet.skip_rest(rest);
+            reports.push(VerifyReport {
+                target: store.name.clone(),
+                id: id.clone(),
+                source: source.to_string(),
+                checks: sheet.0,
+                restored: None,
+                plaintext_sha256: None,
+            });
         }
         Ok(reports)
     }
