@@ -1473,6 +1473,57 @@ async fn a_restore_killed_mid_download_leaves_the_target_as_it_was_and_the_next_
     );
 }
 
+#[tokio::test]
+async fn a_verify_stopped_mid_download_leaves_no_scratch_database() {
+    let (db, url) = mariadb_database(60_000).await;
+    let bucket = new_bucket().await;
+    let s = Setup::new();
+    let body = |endpoint: &str| {
+        format!(
+            "[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n{}",
+            s3_target("primary", &bucket, endpoint)
+        )
+    };
+    let m = s
+        .backups(&body(&s3_endpoint()))
+        .await
+        .create("shop", Kind::Full)
+        .await
+        .unwrap()
+        .manifest;
+    let (proxy, _reached) =
+        stalling_proxy(s3_endpoint().trim_start_matches("http://").into(), 1 << 20).await;
+    let b = s.backups(&body(&format!("http://{proxy}"))).await;
+    let scratch = format!(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE '{db}\\_drhost\\_verify\\_%'"
+    );
+    // Stopped as a step's budget stops it: the future is dropped while the
+    // scratch database is half loaded.
+    let mut verify = Box::pin(b.verify("shop", &m.id, &[]));
+    // Runs the verify until its scratch database exists; the stalled target
+    // keeps it from ever finishing the download.
+    let mut loading = false;
+    for _ in 0..600 {
+        tokio::select! {
+            r = &mut verify => panic!("the verify ended through a stalled target: {r:?}"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        if mariadb_scalar(&db, &scratch).await == 1 {
+            loading = true;
+            break;
+        }
+    }
+    assert!(loading, "the verify never created its scratch database");
+    drop(verify);
+    for _ in 0..200 {
+        if mariadb_scalar(&db, &scratch).await == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the stopped verify's scratch database is still on the server");
+}
+
 // ---- Objects ----
 
 #[tokio::test]
@@ -1589,6 +1640,176 @@ async fn a_prefix_of_objects_is_backed_up_with_its_metadata_verified_and_restore
         let bytes = got.body.collect().await.unwrap().into_bytes();
         assert_eq!(bytes.as_ref(), body.as_bytes(), "{key}");
     }
+}
+
+/// Everything a restore replaces in `db`: each table with its row count,
+/// each trigger, view and routine with its definition.
+async fn mariadb_shape(db: &str) -> Vec<String> {
+    let base = mariadb_url();
+    let base = base.rsplit_once('/').unwrap().0;
+    let mut c = sqlx::MySqlConnection::connect(&format!("{base}/{db}"))
+        .await
+        .unwrap();
+    let mut shape = Vec::new();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+         WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY table_name",
+    )
+    .bind(db)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    for t in tables {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM `{t}`")))
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        shape.push(format!("table {t}: {n} rows"));
+    }
+    for (kind, sql) in [
+        (
+            "trigger",
+            "SELECT CONCAT(trigger_name, ' ON ', event_object_table, ': ', action_statement) FROM information_schema.triggers WHERE trigger_schema = ? ORDER BY 1",
+        ),
+        (
+            "view",
+            "SELECT CONCAT(table_name, ': ', view_definition) FROM information_schema.views WHERE table_schema = ? ORDER BY 1",
+        ),
+        (
+            "routine",
+            "SELECT CONCAT(routine_name, ': ', routine_definition) FROM information_schema.routines WHERE routine_schema = ? ORDER BY 1",
+        ),
+    ] {
+        let rows: Vec<String> = sqlx::query_scalar(sql)
+            .bind(db)
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        shape.extend(rows.into_iter().map(|r| format!("{kind} {r}")));
+    }
+    shape
+}
+
+/// Rebuilds `db` as production looks before the restore: other rows, other
+/// triggers, views and routines than the backup's, and a table of its own.
+async fn mariadb_production(db: &str) {
+    let mut c = sqlx::MySqlConnection::connect(&mariadb_url())
+        .await
+        .unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}; USE {db};\
+         CREATE TABLE items (id INT PRIMARY KEY, label VARCHAR(200), note TEXT);\
+         INSERT INTO items SELECT seq, 'old', NULL FROM seq_1_to_20;\
+         CREATE TABLE flags (a INT, b INT, flag INT);\
+         CREATE TABLE only_in_production (id INT);\
+         CREATE TRIGGER stamp_it BEFORE INSERT ON items FOR EACH ROW SET NEW.note = 'stamped';\
+         CREATE VIEW small_items AS SELECT id FROM items WHERE id < 5;\
+         CREATE FUNCTION tripled(x INT) RETURNS INT DETERMINISTIC RETURN x * 3;"
+    )))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_mariadb_restore_killed_at_any_step_of_its_swap_leaves_the_target_old_or_new_and_the_next_command_recovers()
+ {
+    use std::os::unix::process::ExitStatusExt;
+    let (db, url) = mariadb_database(50).await;
+    let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE flags (a INT, b INT, flag INT);
+         CREATE TRIGGER flag_it BEFORE INSERT ON flags FOR EACH ROW SET NEW.flag = (NEW.a > 5);
+         CREATE TRIGGER flag_more AFTER UPDATE ON flags FOR EACH ROW SET @flags = 1;
+         CREATE VIEW big_items AS SELECT id FROM items WHERE id > 40;
+         CREATE FUNCTION doubled(x INT) RETURNS INT DETERMINISTIC RETURN x * 2;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let s = Setup::new();
+    let body = format!(
+        "[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n[targets.local]\npath = \"local\"\n"
+    );
+    let id = s
+        .backups(&body)
+        .await
+        .create("shop", Kind::Full)
+        .await
+        .unwrap()
+        .manifest
+        .id;
+    mariadb_production(&db).await;
+    let old = mariadb_shape(&db).await;
+    let drhost = |args: &[&str], crash: Option<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drhost"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(s.path("drhost.toml"))
+            .env("DRHOST_STATE_DIR", s.path("state"))
+            .env("DRHOST_LOG", "warn")
+            .env_remove("DRHOST_CRASH_AT");
+        if let Some(at) = crash {
+            cmd.env("DRHOST_CRASH_AT", at);
+        }
+        cmd.output()
+    };
+    let leftovers = format!(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE '{db}\\_drhost\\_%'"
+    );
+    // What a restore that is not interrupted leaves: the backup's tables,
+    // triggers, views and routines (views and routines of production that
+    // the backup lacks stay).
+    let out = drhost(&["backup", "restore", &id, "--to", "shop"], None)
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = mariadb_shape(&db).await;
+    assert_ne!(old, new);
+    let mut points = 0;
+    // Crashes after which the next command had nothing to finish.
+    let mut silent = Vec::new();
+    for k in 1..100 {
+        mariadb_production(&db).await;
+        let out = drhost(
+            &["backup", "restore", &id, "--to", "shop"],
+            Some(format!("mariadb-swap:{k}")),
+        )
+        .await
+        .unwrap();
+        if out.status.success() {
+            // Past the last crash point: the restore ran to its end.
+            assert_eq!(mariadb_shape(&db).await, new);
+            break;
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "k={k}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        points = k;
+        // The next command that touches the database finishes or undoes the swap.
+        let next = drhost(&["backup", "create", "shop"], None).await.unwrap();
+        let said = String::from_utf8_lossy(&next.stderr);
+        assert!(next.status.success(), "k={k}: {said}");
+        if !said.contains("an interrupted restore into shop was") {
+            silent.push(k);
+        }
+        let now = mariadb_shape(&db).await;
+        assert!(now == old || now == new, "k={k}: half swapped: {now:#?}");
+        assert_eq!(
+            mariadb_scalar(&db, &leftovers).await,
+            0,
+            "k={k}: scratch databases left"
+        );
+    }
+    assert!(points >= 15, "only {points} crash points in the swap");
+    // Only a crash after the swap's last statement leaves nothing to do.
+    assert_eq!(silent, [points], "crashes the next command did not report");
 }
 
 #[tokio::test]

@@ -106,6 +106,30 @@ async fn a_plugin_that_grows_memory_without_bound_hits_the_policy_limit() {
 }
 
 #[tokio::test]
+async fn a_python_exception_or_a_javascript_error_fails_the_step_with_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let caps = caps("", dir.path()).await;
+    for (name, expect) in [
+        ("hello-py", "ValueError: the disk is on fire"),
+        ("hello-js", "TypeError: the disk is on fire"),
+    ] {
+        let plugin = load(name);
+        let raise = ctx(&[("raise", "the disk is on fire")]);
+        match runtime()
+            .run_step(&plugin, &caps, "check", &raise, Duration::from_secs(20))
+            .await
+        {
+            Err(CallFailure::Trap { message, .. }) => {
+                // One line: the error itself, not the traceback or stack.
+                assert!(message.ends_with(expect), "{name}: {message}");
+                assert!(!message.contains('\n'), "{name}: {message}");
+            }
+            other => panic!("{name}: expected a trap, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_trap_fails_the_step_with_its_message_and_the_host_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let caps = caps("", dir.path()).await;

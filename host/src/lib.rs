@@ -8,6 +8,7 @@ pub mod bindings;
 pub mod caps;
 pub mod clock;
 pub mod conformance;
+pub mod crash;
 pub mod digest;
 pub mod drill;
 pub mod host;

@@ -69,6 +69,17 @@ impl Backups {
             ));
         }
 
+        // A backup of a half-swapped database would keep its damage: an
+        // interrupted restore into it is finished or undone first.
+        let Some(mut lock) = engine.lock_restores(std::time::Duration::ZERO).await? else {
+            return Err(BackupError::Failed(format!(
+                "a restore into {source} is running: not backing up a database that is being replaced"
+            )));
+        };
+        if let Some(done) = engine.finish_interrupted(&mut lock).await? {
+            tracing::warn!("an interrupted restore into {source} was {done}");
+        }
+        lock.release().await;
         let clock = std::time::Instant::now();
         let id = manifest::new_id(started, kind);
         tracing::info!(source, %id, "backup started");

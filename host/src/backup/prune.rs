@@ -254,6 +254,80 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
+    fn at(id: &str, kind: Kind, base: Option<&str>, started: &str) -> Manifest {
+        let mut m = manifest(id, kind, base);
+        m.started_at = started.to_string();
+        m
+    }
+
+    proptest::proptest! {
+        /// The invariants docs/backup-format.md promises, over random
+        /// histories: fulls and incrementals (each on an earlier backup),
+        /// spread over 60 days, some fulls verified, any retention.
+        #[test]
+        fn prune_keeps_what_it_promises(
+            history in proptest::collection::vec((proptest::bool::ANY, 0usize..1000, 0u32..1440, proptest::bool::ANY), 1..40),
+            keep_days in 0u32..20,
+            keep_last in 0u32..6,
+        ) {
+            let now = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc);
+            let mut all: Vec<Manifest> = Vec::new();
+            let mut verified_ids = std::collections::HashSet::new();
+            let mut minutes = 0i64;
+            for (i, (full, base, gap, verified)) in history.iter().enumerate() {
+                minutes += i64::from(*gap) * 60 / 24 + 1; // up to an hour apart, 60 days at most
+                let started = (now - chrono::Duration::days(60) + chrono::Duration::minutes(minutes)).to_rfc3339();
+                let id = format!("{i:03}");
+                let m = if *full || i == 0 {
+                    if *verified {
+                        verified_ids.insert(id.clone());
+                    }
+                    at(&id, Kind::Full, None, &started)
+                } else {
+                    let base = all[base % i].id.clone();
+                    at(&id, Kind::Incremental, Some(&base), &started)
+                };
+                all.push(m);
+            }
+            let is_verified = |id: &str| verified_ids.contains(id);
+            let plan = decide(&all, &is_verified, now, keep_days, keep_last).unwrap();
+            let kept = |id: &str| all.iter().zip(&plan).any(|(m, k)| m.id == id && k.is_some());
+            // 1. Every kept incremental keeps its whole chain back to its full.
+            for (m, k) in all.iter().zip(&plan) {
+                if k.is_some() && let Some(base) = &m.base {
+                    proptest::prop_assert!(kept(base), "{} kept without its base {base}", m.id);
+                }
+            }
+            // 2. The newest verified full is kept; with none verified, the newest full.
+            let anchor = all.iter().rev().find(|m| m.kind == Kind::Full && is_verified(&m.id))
+                .or_else(|| all.iter().rev().find(|m| m.kind == Kind::Full));
+            if let Some(a) = anchor {
+                proptest::prop_assert!(kept(&a.id), "the anchor {} was deleted", a.id);
+                // 4. ... with every incremental whose chain starts from it
+                // (the point-in-time window after it).
+                for m in &all {
+                    let mut cur = m;
+                    while let Some(b) = &cur.base {
+                        cur = all.iter().find(|x| &x.id == b).unwrap();
+                    }
+                    if m.kind == Kind::Incremental && cur.id == a.id {
+                        proptest::prop_assert!(kept(&m.id), "{} continues the anchor {}", m.id, a.id);
+                    }
+                }
+            }
+            // 3. The newest keep-last, and everything younger than keep-days.
+            let horizon = now - chrono::Duration::days(i64::from(keep_days));
+            for (i, m) in all.iter().enumerate() {
+                let started = chrono::DateTime::parse_from_rfc3339(&m.started_at).unwrap();
+                if all.len() - i <= keep_last as usize || started >= horizon {
+                    proptest::prop_assert!(kept(&m.id), "{} should be kept", m.id);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_kept_incremental_keeps_its_full_and_an_unrelated_chain_goes_whole() {
         use Kind::{Full, Incremental};

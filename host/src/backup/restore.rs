@@ -120,6 +120,17 @@ impl Backups {
                 target.kind()
             )));
         }
+        let mut lock = target
+            .lock_restores(std::time::Duration::from_secs(30))
+            .await?
+            .ok_or_else(|| {
+                BackupError::Failed(format!(
+                    "another restore into {to} is running (it holds the restore lock)"
+                ))
+            })?;
+        if let Some(done) = target.finish_interrupted(&mut lock).await? {
+            tracing::warn!("an interrupted restore into {to} was {done}");
+        }
         tracing::info!(id = %full.id, from = %store.name, to, incrementals = chain.len(), "restore started");
         let load = target.load(Purpose::Restore).await?;
         let loaded = self
@@ -188,12 +199,13 @@ impl Backups {
         if let Some(g) = staging_file.take() {
             g.keep();
         }
-        if let Err(e) = target.swap_in(&staged).await {
+        if let Err(e) = target.swap_in(&staged, &mut lock).await {
             if let Err(d) = target.discard(&staged).await {
                 tracing::warn!("removing the staging copy {staged}: {d}");
             }
             return Err(e.into());
         }
+        lock.release().await;
         tracing::info!(id = %full.id, to, "restore finished");
         Ok(RestoreReport {
             id: full.id.clone(),

@@ -9,6 +9,7 @@ use super::pipeline::{self, AGE_MAGIC, OpenError, Opened};
 use super::progress::Progress;
 use super::{BackupError, Backups, Store};
 use serde::Serialize;
+use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,6 +94,109 @@ pub(crate) struct Loaded {
     pub load: Result<(), String>,
 }
 
+/// A verification's scratch copy (a database, or an incremental's unpacked
+/// logs), removed when dropped: a verify cut at its budget or failing
+/// midway leaves nothing on the server.
+struct Scratch {
+    engine: Arc<Engine>,
+    place: Option<Place>,
+}
+
+impl Scratch {
+    fn new(engine: Arc<Engine>, place: Place) -> Self {
+        Scratch {
+            engine,
+            place: Some(place),
+        }
+    }
+
+    /// Removes it now, and says so if that fails.
+    async fn discard(mut self) {
+        if let Some(place) = self.place.take()
+            && let Err(e) = remove(&self.engine, &place).await
+        {
+            tracing::warn!("removing the scratch copy {place}: {e}");
+        }
+    }
+}
+
+async fn remove(engine: &Engine, place: &Place) -> Result<(), String> {
+    match place {
+        Place::File(dir) if dir.is_dir() => std::fs::remove_dir_all(dir).map_err(|e| e.to_string()),
+        place => engine.discard(place).await.map_err(|e| e.to_string()),
+    }
+}
+
+/// A reader that fails once `stop` fires, even while it waits for bytes that
+/// never come.
+struct Stoppable<R> {
+    inner: R,
+    stop: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stoppable<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "stopped: the verify or restore reading it ended",
+            )));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// Prepares a scratch database in a task of its own: if this verify is
+/// dropped while the database is being created, the task still finishes and,
+/// finding nobody to hand it to, removes it.
+async fn load_detached(engine: &Arc<Engine>) -> Result<Load, super::engine::EngineError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let engine = Arc::clone(engine);
+    tokio::spawn(async move {
+        let load = engine.load(Purpose::Verify).await;
+        if let Err(Ok(Load {
+            place,
+            sink,
+            finish,
+        })) = tx.send(load)
+        {
+            // Its loading tool sees the end of its input and exits.
+            drop(sink);
+            let _ = tokio::task::spawn_blocking(finish).await;
+            if let Err(e) = remove(&engine, &place).await {
+                tracing::warn!("removing the scratch copy {place} of a verify that stopped: {e}");
+            }
+        }
+    });
+    rx.await.map_err(|_| {
+        super::engine::EngineError::Config("preparing the scratch copy: the task ended".into())
+    })?
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let Some(place) = self.place.take() else {
+            return;
+        };
+        let engine = Arc::clone(&self.engine);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = remove(&engine, &place).await {
+                        tracing::warn!(
+                            "removing the scratch copy {place} of a verify that stopped: {e}"
+                        );
+                    }
+                });
+            }
+            Err(_) => tracing::warn!("the scratch copy {place} is left behind"),
+        }
+    }
+}
+
 impl Backups {
     /// Streams the backup's object from `store` through the decoder into a
     /// fresh place of `engine`.
@@ -111,6 +215,16 @@ impl Backups {
             .map_err(store.err())?;
         let bar = Progress::new(self.progress, label, Some(m.ciphertext.size));
         let bar2 = bar.clone();
+        // Dropping this future (a verify or restore stopped at its budget)
+        // stops the download even mid-wait, which ends the blocking pipeline
+        // and closes the loading tool's input: the tool exits and lets go of
+        // the tables it holds, so its scratch copy can be dropped.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_when_dropped = stop.clone().drop_guard();
+        let reader = Stoppable {
+            inner: reader,
+            stop: Box::pin(stop.cancelled_owned()),
+        };
         let src = tokio_util::io::SyncIoBridge::new(reader);
         let place = load.place.clone();
         let (opened, finished) = tokio::task::spawn_blocking(move || {
@@ -138,7 +252,7 @@ impl Backups {
         // One listing serves both the backup and its history (point 2).
         let all = store.manifests(source).await?;
         let m = store.pick(&all, source, id)?.clone();
-        let engine = self.engine(source)?;
+        let engine = Arc::new(self.engine(source)?);
         let mut sheet = Sheet(Vec::new());
         let mut report = VerifyReport {
             target: store.name.clone(),
@@ -236,13 +350,19 @@ impl Backups {
         // (an incremental's binary logs: unpack into a scratch directory).
         let label = format!("verify {} on {}", m.id, store.name);
         let load = match m.kind {
-            Kind::Full => engine.load(Purpose::Verify).await,
+            Kind::Full => load_detached(&engine).await,
             Kind::Incremental => Mariadb::unpack(
                 &self
                     .work_dir()
                     .join(format!("verify-logs-{}", Purpose::Verify.tag())),
             ),
         };
+        // From here the scratch copy exists: removed however this ends (a
+        // failed download, or the caller dropping this future at its budget).
+        let scratch = load
+            .as_ref()
+            .ok()
+            .map(|l| Scratch::new(Arc::clone(&engine), l.place.clone()));
         let loaded = match load {
             Ok(load) => self.load_into(store, &m, load, &label).await,
             Err(e) => Err(e.into()),
@@ -257,14 +377,8 @@ impl Backups {
             }
         };
         let result = self.judge(&mut sheet, &m, &loaded, &engine).await;
-        let discarded = match (&loaded.place, m.kind) {
-            (Place::File(dir), Kind::Incremental) => {
-                std::fs::remove_dir_all(dir).map_err(|e| e.to_string())
-            }
-            (place, _) => engine.discard(place).await.map_err(|e| e.to_string()),
-        };
-        if let Err(e) = discarded {
-            tracing::warn!("removing the scratch copy {}: {e}", loaded.place);
+        if let Some(scratch) = scratch {
+            scratch.discard().await;
         }
         report.restored = result?;
         if !sheet.failed() {

@@ -33,6 +33,11 @@ export const plugin = {
   },
 
   runStep(id, context) {
+    const raise = context.find((f) => f.key === 'raise');
+    if (raise) {
+      // drhost's tests: how an uncaught error is reported.
+      throw new TypeError(raise.value);
+    }
     const raw = get('runs');
     const runs = raw ? Number(new TextDecoder().decode(raw)) + 1 : 1;
     try {

@@ -130,23 +130,24 @@ fn set_dns_record(value: &str) -> Result<(), StepError> {
     Ok(())
 }
 
-fn cut(endpoint: &str) -> Result<(), StepError> {
+/// Crashes the endpoint and returns once it no longer answers: it answers the
+/// request before it exits, so returning earlier would race the next probe.
+fn cut(label: &str, endpoint: &str) -> Result<(), StepError> {
     let (host, port) = split(endpoint)?;
     http::post_expecting_hangup(&format!("http://{host}:{port}/crash"))
-        .during(format!("cutting {endpoint}"))
+        .during(format!("cutting {endpoint}"))?;
+    Wait::new(&format!("the {label} path to go down"))
+        .every(Duration::from_millis(100))
+        .at_most(seconds(10))
+        .until(|| Ok::<_, StepError>(probe(endpoint)?.err().map(|_| ())))?;
+    Ok(())
 }
 
 fn inject_outage() -> StepResult {
-    let primary = primary();
-    cut(&primary)?;
-    // The endpoint answers the request before it exits: wait until it is gone.
-    Wait::new("the primary path to go down")
-        .every(Duration::from_millis(100))
-        .at_most(seconds(10))
-        .until(|| Ok::<_, StepError>(probe(&primary)?.err().map(|_| ())))?;
+    cut("primary", &primary())?;
     let both = state::get("drill.cut-both").is_some();
     if both {
-        cut(&backup())?;
+        cut("backup", &backup())?;
     }
     warn(&format!(
         "drill: cut the primary path{}",

@@ -136,6 +136,21 @@ fn rand_bytes() -> [u8; 16] {
     b
 }
 
+/// Held by a restore from start to end (see [`Engine::lock_restores`]).
+pub enum RestoreLock {
+    Mariadb(mariadb::SwapLock),
+    /// Engines whose swap is a single atomic step need no lock.
+    Free,
+}
+
+impl RestoreLock {
+    pub async fn release(self) {
+        if let RestoreLock::Mariadb(l) = self {
+            l.release().await;
+        }
+    }
+}
+
 pub enum Engine {
     Sqlite(sqlite::Sqlite),
     Mariadb(mariadb::Mariadb),
@@ -260,11 +275,46 @@ impl Engine {
         }
     }
 
+    /// Takes the lock that keeps two restores of this database apart (and a
+    /// backup from a database being replaced), waiting up to `wait`; `None`
+    /// when a restore holds it. Only MariaDB's swap has steps to protect:
+    /// PostgreSQL's is one transaction, SQLite's one rename.
+    pub async fn lock_restores(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<RestoreLock>, EngineError> {
+        match self {
+            Engine::Mariadb(m) => Ok(m.lock_restores(wait).await?.map(RestoreLock::Mariadb)),
+            Engine::Sqlite(_) | Engine::Postgres(_) | Engine::Objects(_) => {
+                Ok(Some(RestoreLock::Free))
+            }
+        }
+    }
+
+    /// Finishes or undoes a restore a crash interrupted, and says which;
+    /// `None` when there was none.
+    pub async fn finish_interrupted(
+        &self,
+        lock: &mut RestoreLock,
+    ) -> Result<Option<String>, EngineError> {
+        match (self, lock) {
+            (Engine::Mariadb(m), RestoreLock::Mariadb(l)) => {
+                Ok(m.finish_interrupted(l).await?.map(|f| f.to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Replaces this engine's database with the verified `staged` copy.
-    pub async fn swap_in(&self, staged: &Place) -> Result<(), EngineError> {
+    pub async fn swap_in(&self, staged: &Place, lock: &mut RestoreLock) -> Result<(), EngineError> {
         match self {
             Engine::Sqlite(s) => s.swap_in(staged).await,
-            Engine::Mariadb(m) => m.swap_in(staged).await,
+            Engine::Mariadb(m) => match lock {
+                RestoreLock::Mariadb(l) => m.swap_in(staged, l).await,
+                RestoreLock::Free => Err(EngineError::Config(
+                    "a MariaDB swap needs the restore lock".into(),
+                )),
+            },
             Engine::Postgres(p) => p.swap_in(staged).await,
             Engine::Objects(o) => o.swap_in(staged).await,
         }

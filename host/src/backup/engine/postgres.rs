@@ -206,11 +206,13 @@ impl Postgres {
         .execute(&mut conn)
         .await
         .map_err(db_err(format!("dropping {old}")))?;
+        crate::crash::point("postgres-swap");
         sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
             .bind(target)
             .execute(&mut conn)
             .await
             .map_err(db_err(format!("ending sessions on {target}")))?;
+        crate::crash::point("postgres-swap");
         sqlx::raw_sql(AssertSqlSafe(format!(
             "BEGIN; ALTER DATABASE {t} RENAME TO {o}; ALTER DATABASE {s} RENAME TO {t}; COMMIT",
             t = quote(target),
@@ -222,6 +224,7 @@ impl Postgres {
         .map_err(db_err(format!(
             "swapping the restored database into {target}"
         )))?;
+        crate::crash::point("postgres-swap");
         sqlx::raw_sql(AssertSqlSafe(format!(
             "DROP DATABASE {} WITH (FORCE)",
             quote(&old)

@@ -247,12 +247,14 @@ impl Sqlite {
                 .await
                 .map_err(db_err("checkpointing", &self.path))?;
             let _ = c.close().await;
+            crate::crash::point("sqlite-swap");
         }
         std::fs::rename(staged, &self.path).map_err(io_err(format!(
             "moving {} over {}",
             staged.display(),
             self.path.display()
         )))?;
+        crate::crash::point("sqlite-swap");
         for suffix in ["-wal", "-shm"] {
             let mut side = self.path.as_os_str().to_os_string();
             side.push(suffix);

@@ -21,7 +21,16 @@
 //!   and file functions, and every pragma but a list of harmless ones, and a
 //!   limit of 0 attached databases (`sqlite3_limit`).
 //!
+//!
+//! Memory: MariaDB and PostgreSQL connections reach the server through a
+//! relay ([`meter`]) that closes a connection whose answer to one request
+//! passes twice `max-guest-bytes` (plus 4 MiB), before the driver has
+//! buffered it; SQLite refuses any value over `max-guest-bytes`
+//! (`SQLITE_LIMIT_LENGTH`); rows are streamed and counted in [`collect`].
+//!
 //! See docs/security.md for what this guarantees and where it stops.
+
+mod meter;
 
 use crate::bindings::CapError;
 use crate::bindings::drhost::plugin::db::{Column, Rows, Value};
@@ -29,10 +38,11 @@ use crate::caps::{Decision, Grant, Moved, Summarize};
 use crate::policy::{DbAccess, DbGrant, Policy, Secret};
 use futures::TryStreamExt;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions, MySqlRow};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{AssertSqlSafe, Column as _, Connection, Row, TypeInfo, ValueRef};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +68,18 @@ struct Conn {
     /// SQLite: when the statement running must stop (milliseconds on
     /// [`clock_ms`], 0 = no limit); its progress handler interrupts it then.
     deadline: Arc<AtomicU64>,
+    /// The relays the server connections go through (one per URL), kept
+    /// for as long as their pools.
+    meters: std::sync::Mutex<Vec<meter::Meter>>,
+    /// Connections the relays closed for an oversize answer.
+    cuts: Arc<AtomicU64>,
+}
+
+/// The largest answer to one request a server may send: what the plugin may
+/// receive, twice over for the protocol's own bytes (row headers, lengths,
+/// TLS), and room for the column descriptions of a wide result.
+fn wire_allowance(max_guest_bytes: u64) -> u64 {
+    max_guest_bytes.saturating_mul(2).saturating_add(4 << 20)
 }
 
 /// Milliseconds since the first call: the clock SQLite deadlines are on.
@@ -128,6 +150,8 @@ impl DbCap {
                             read_pool: OnceCell::new(),
                             max_value: policy.limits.max_guest_bytes.0,
                             deadline: Arc::new(AtomicU64::new(0)),
+                            meters: std::sync::Mutex::new(Vec::new()),
+                            cuts: Arc::new(AtomicU64::new(0)),
                         },
                     )
                 })
@@ -222,11 +246,19 @@ impl DbCap {
         }
     }
 
-    fn row_cap(&self, name: &str) -> u64 {
-        self.conns
+    /// The caps one statement on `name` runs under, from now.
+    fn limits<'a>(&'a self, name: &'a str) -> Result<Limits<'a>, CapError> {
+        let conn = self
+            .conns
             .get(name)
-            .and_then(|c| c.grant.max_rows)
-            .unwrap_or(self.max_rows)
+            .ok_or_else(|| CapError::Denied(format!("no connection {name:?}")))?;
+        Ok(Limits {
+            rows: conn.grant.max_rows.unwrap_or(self.max_rows),
+            bytes: self.max_bytes,
+            conn: name,
+            cuts: &conn.cuts,
+            cuts_before: conn.cuts.load(Ordering::SeqCst),
+        })
     }
 
     fn read_only(&self, name: &str) -> bool {
@@ -334,11 +366,7 @@ impl DbCap {
         } else {
             self.pool(name).await?
         };
-        let limits = Limits {
-            rows: self.row_cap(name),
-            bytes: self.max_bytes,
-            conn: name,
-        };
+        let limits = self.limits(name)?;
         match pool {
             Pool::MySql(p) => {
                 let mut c = p.acquire().await.map_err(unavailable(name))?;
@@ -425,6 +453,7 @@ impl DbCap {
         within(name, time, async {
             let limit = StatementLimit::new(time)?;
             let _sqlite_deadline = self.sqlite_deadline(name, time);
+            let limits = self.limits(name)?;
             match self.pool(name).await? {
                 Pool::MySql(p) => {
                     let mut c = p.acquire().await.map_err(unavailable(name))?;
@@ -434,7 +463,7 @@ impl DbCap {
                         .map_err(db_error(name))?;
                     let cancel = Cancel::mysql(&mut c, p, name).await?;
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                    let r = q_exec!(q, &mut *c, name);
+                    let r = q_exec!(q, &mut *c, limits);
                     cancel.done();
                     r
                 }
@@ -446,13 +475,13 @@ impl DbCap {
                         .map_err(db_error(name))?;
                     let cancel = Cancel::postgres(&mut c, p, name).await?;
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                    let r = q_exec!(q, &mut *c, name);
+                    let r = q_exec!(q, &mut *c, limits);
                     cancel.done();
                     r
                 }
                 Pool::Sqlite(p) => {
                     let q = bind!(sqlx::query(AssertSqlSafe(sql.to_string())), params);
-                    q_exec!(q, p, name)
+                    q_exec!(q, p, limits)
                 }
             }
         })
@@ -490,11 +519,11 @@ macro_rules! bind {
 use bind;
 
 macro_rules! q_exec {
-    ($q:expr, $pool:expr, $name:expr) => {
+    ($q:expr, $pool:expr, $limits:expr) => {
         $q.execute($pool)
             .await
             .map(|r| r.rows_affected())
-            .map_err(db_error($name))
+            .map_err(|e| $limits.error(e))
     };
 }
 use q_exec;
@@ -696,6 +725,25 @@ struct Limits<'a> {
     rows: u64,
     bytes: u64,
     conn: &'a str,
+    /// The connection's relay cut count, and its value before the query.
+    cuts: &'a AtomicU64,
+    cuts_before: u64,
+}
+
+impl Limits<'_> {
+    /// The driver's error, or, when the relay closed the connection for an
+    /// oversize answer during this query, that.
+    fn error(&self, e: sqlx::Error) -> CapError {
+        if self.cuts.load(Ordering::SeqCst) != self.cuts_before {
+            return CapError::TooLarge(format!(
+                "the answer from {:?} passed {} bytes and the connection was closed ([limits] max-guest-bytes is {})",
+                self.conn,
+                wire_allowance(self.bytes),
+                self.bytes
+            ));
+        }
+        db_error(self.conn)(e)
+    }
 }
 
 /// Streams rows and stops as soon as a cap is passed, so an oversize result
@@ -712,7 +760,7 @@ where
     let mut columns: Option<Vec<Column>> = None;
     let mut rows = Vec::new();
     let mut bytes = 0u64;
-    while let Some(row) = stream.try_next().await.map_err(db_error(limits.conn))? {
+    while let Some(row) = stream.try_next().await.map_err(|e| limits.error(e))? {
         if columns.is_none() {
             columns = Some(
                 row.columns()
@@ -904,6 +952,14 @@ impl Conn {
             "mysql" | "mariadb" => {
                 let url = url.replacen("mariadb:", "mysql:", 1);
                 let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(scrub)?;
+                let upstream = match opts.get_socket() {
+                    Some(path) => meter::Upstream::Unix(path.clone()),
+                    None => meter::Upstream::Tcp(opts.get_host().to_string(), opts.get_port()),
+                };
+                let relay = self.meter(upstream, meter::Protocol::Opaque, "mysql.sock")?;
+                // Only the transport changes: TLS still checks the URL's host.
+                let opts = opts.socket(relay.join("mysql.sock"));
+                let cannot_connect = |e| self.cannot_connect(&relay, scrub(e));
                 let pool = MySqlPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(CONNECT_TIMEOUT)
@@ -919,7 +975,7 @@ impl Conn {
                     })
                     .connect_with(opts)
                     .await
-                    .map_err(|e| format!("[db.{name}]: cannot connect: {}", scrub(e)))?;
+                    .map_err(cannot_connect)?;
                 match account {
                     Account::Reader => check_mysql_read_only(&pool, name, key).await?,
                     Account::WriterReading => check_mysql_unprivileged(&pool, name).await?,
@@ -929,12 +985,44 @@ impl Conn {
             }
             "postgres" | "postgresql" => {
                 let opts = sqlx::postgres::PgConnectOptions::from_str(&url).map_err(scrub)?;
+                let port = opts.get_port();
+                // A socket directory (the `host` parameter or `socket`) holds
+                // `.s.PGSQL.<port>`, as libpq names it.
+                let upstream = match opts.get_socket() {
+                    Some(dir) => meter::Upstream::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+                    None if opts.get_host().starts_with('/') => meter::Upstream::Unix(
+                        Path::new(opts.get_host()).join(format!(".s.PGSQL.{port}")),
+                    ),
+                    None => meter::Upstream::Tcp(opts.get_host().to_string(), port),
+                };
+                // On loopback or a Unix socket TLS protects nothing, and
+                // prefer/allow accept plaintext anyway: plaintext lets the
+                // relay read message headers instead of only counting (see
+                // `meter`). Any other mode, or a remote host, keeps its TLS.
+                let local = match &upstream {
+                    meter::Upstream::Unix(_) => true,
+                    meter::Upstream::Tcp(host, _) => loopback(host),
+                };
+                let opts = if local
+                    && matches!(opts.get_ssl_mode(), PgSslMode::Prefer | PgSslMode::Allow)
+                {
+                    opts.ssl_mode(PgSslMode::Disable)
+                } else {
+                    opts
+                };
+                let relay = self.meter(
+                    upstream,
+                    meter::Protocol::Postgres,
+                    &format!(".s.PGSQL.{port}"),
+                )?;
+                // Only the transport changes: TLS still checks the URL's host.
+                let opts = opts.socket(&relay);
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(CONNECT_TIMEOUT)
                     .connect_with(opts)
                     .await
-                    .map_err(|e| format!("[db.{name}]: cannot connect: {}", scrub(e)))?;
+                    .map_err(|e| self.cannot_connect(&relay, scrub(e)))?;
                 match account {
                     Account::Reader => check_pg_read_only(&pool, name, key).await?,
                     Account::WriterReading => check_pg_unprivileged(&pool, name).await?,
@@ -983,6 +1071,53 @@ impl Conn {
         tracing::debug!("connected db.{name} ({key})");
         Ok(pool)
     }
+}
+
+impl Conn {
+    /// Starts a relay to `upstream` and keeps it with the connection; the
+    /// directory its socket is in.
+    fn meter(
+        &self,
+        upstream: meter::Upstream,
+        protocol: meter::Protocol,
+        socket: &str,
+    ) -> Result<PathBuf, String> {
+        let m = meter::Meter::start(
+            upstream,
+            protocol,
+            socket,
+            wire_allowance(self.max_value),
+            Arc::clone(&self.cuts),
+        )
+        .map_err(|e| format!("[db.{}]: cannot start the connection relay: {e}", self.name))?;
+        let dir = m.dir().to_path_buf();
+        if let Ok(mut meters) = self.meters.lock() {
+            meters.push(m);
+        }
+        Ok(dir)
+    }
+
+    /// The driver only sees the relay close when the server cannot be
+    /// reached; the relay knows why.
+    fn cannot_connect(&self, relay: &Path, driver: String) -> String {
+        let why = self
+            .meters
+            .lock()
+            .ok()
+            .and_then(|m| m.iter().find(|m| m.dir() == relay)?.last_error())
+            .unwrap_or(driver);
+        format!("[db.{}]: cannot connect: {why}", self.name)
+    }
+}
+
+/// `localhost` or a loopback address.
+fn loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn scrub_secret(msg: &str, url: &str) -> String {
