@@ -96,7 +96,7 @@ fn assert_all_pass(r: &VerifyReport) {
     for c in &r.checks {
         assert_eq!(c.status, Status::Pass, "{}: {}", c.name, c.detail);
     }
-    assert_eq!(r.checks.len(), 10);
+    assert_eq!(r.checks.len(), drhost::backup::CHECKS.len());
 }
 
 /// Runs a shell pipeline and returns its stdout.
@@ -527,8 +527,8 @@ async fn a_mariadb_backup_goes_to_s3_and_a_local_copy_and_restores_identically()
         .unwrap();
     assert_eq!(
         listed.contents().len(),
-        2,
-        "object and manifest under the prefix"
+        3,
+        "object, manifest and signature under the prefix"
     );
 
     let reports = b.verify("shop", &m.id, &[]).await.unwrap();
@@ -939,7 +939,7 @@ async fn a_plugin_backs_up_verifies_and_restores_through_granted_host_operations
     )
     .await;
     assert_eq!(all(&checked, "passed"), ["primary true"]);
-    assert_eq!(all(&checked, "check").len(), 10);
+    assert_eq!(all(&checked, "check").len(), drhost::backup::CHECKS.len());
 
     sqlite3(&s.path("app.db"), "DELETE FROM orders");
     let r = ok(
@@ -1415,7 +1415,8 @@ async fn a_backup_killed_mid_upload_leaves_no_manifest_and_the_next_one_succeeds
             .into_iter()
             .map(|o| o.key)
             .collect();
-        assert_eq!(keys.len(), 2, "{}: {keys:?}", store.name);
+        // The object, its manifest and the manifest's signature.
+        assert_eq!(keys.len(), 3, "{}: {keys:?}", store.name);
         assert!(keys.iter().all(|k| k.contains(&m.id)), "{keys:?}");
     }
     assert!(
@@ -1521,7 +1522,96 @@ async fn a_verify_stopped_mid_download_leaves_no_scratch_database() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("the stopped verify's scratch database is still on the server");
+    let base = mariadb_url();
+    let mut c = sqlx::MySqlConnection::connect(&base).await.unwrap();
+    let sessions: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT CAST(db AS CHAR), CAST(state AS CHAR), CAST(LEFT(info, 120) AS CHAR) FROM information_schema.processlist",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    panic!("the stopped verify's scratch database is still on the server; sessions: {sessions:#?}");
+}
+
+#[tokio::test]
+async fn a_forged_or_unsigned_manifest_fails_verify_is_not_restored_and_prune_leaves_it_alone() {
+    let s = Setup::new();
+    let body = format!("{}{TWO_LOCAL_TARGETS}", sqlite_source(&s, 300));
+    let b = s.backups(&body).await;
+    let m = b.create("app", Kind::Full).await.unwrap().manifest;
+    let public = b.signer.as_ref().unwrap().public();
+    let manifest = |target: &str| s.path(target).join(format!("app/{}.manifest.json", m.id));
+    // The standard CLI checks drhost's signature with the public key alone.
+    let by_hand = |path: &Path| {
+        Command::new("minisign")
+            .args(["-V", "-q", "-P", &public, "-m"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    assert!(by_hand(&manifest("primary")).status.success());
+
+    // Forged on primary: the manifest rewritten (another row count, as if
+    // it described another object); its signature left as it was.
+    let text = std::fs::read_to_string(manifest("primary")).unwrap();
+    std::fs::write(
+        manifest("primary"),
+        text.replace("\"users\": 300", "\"users\": 299"),
+    )
+    .unwrap();
+    assert!(!by_hand(&manifest("primary")).status.success());
+    // Unsigned on local: the signature removed.
+    let sig = |target: &str| {
+        let mut p = manifest(target).into_os_string();
+        p.push(".minisig");
+        PathBuf::from(p)
+    };
+    std::fs::remove_file(sig("local")).unwrap();
+
+    let b = s.backups(&body).await;
+    for (target, expect) in [
+        ("primary", "signature is bad"),
+        ("local", "has no signature"),
+    ] {
+        let r = b.verify("app", &m.id, &[target.to_string()]).await.unwrap();
+        let (status, detail) = status(&r[0], "manifest signed");
+        assert_eq!(status, Status::Fail, "{target}: {detail}");
+        assert!(detail.contains(expect), "{target}: {detail}");
+    }
+    let refused = b
+        .restore("app", &m.id, "app", None, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("is not restored from"), "{refused}");
+    // Prune counts neither and deletes neither.
+    let later = chrono::Utc::now() + chrono::Duration::days(400);
+    let pruned = b.prune_at(later, false).await.unwrap();
+    assert!(pruned.deleted.is_empty(), "{:?}", pruned.deleted);
+    assert_eq!(pruned.problems.len(), 2, "{:?}", pruned.problems);
+    assert!(manifest("primary").exists() && manifest("local").exists());
+
+    // Signed again (as an operator would sign a manifest checked by hand,
+    // with the host's key and the CLI): trusted again.
+    let out = Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(s.path("state/backup-signing.key"))
+        .args(["-t", &format!("drhost manifest app/{}", m.id), "-m"])
+        .arg(manifest("local"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = s.backups(&body).await;
+    let r = b
+        .verify("app", &m.id, &["local".to_string()])
+        .await
+        .unwrap();
+    assert_all_pass(&r[0]);
+    b.restore("app", &m.id, "app", None, None).await.unwrap();
 }
 
 // ---- Objects ----

@@ -1184,7 +1184,7 @@ async fn manual_backups_and_verifications_are_recorded_when_a_state_store_is_set
     assert_eq!(rows[0]["actual"], "100.00%");
     assert_eq!(
         rows[1]["basis"],
-        "1 of 1 verifications (10-point checklist) passed"
+        "1 of 1 verifications (11-point checklist) passed"
     );
     let out = report(&["--html", "--out", s.path("report.html").to_str().unwrap()]);
     assert!(out.status.success());

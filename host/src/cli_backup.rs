@@ -16,7 +16,7 @@ pub enum BackupCommand {
     },
     /// List backups (all sources, or one) on every target.
     List { source: Option<String> },
-    /// Run the 10-point checklist: ID is SOURCE/ID, ID with --source, or latest.
+    /// Run the 11-point checklist (the plan's 10 and the manifest's signature): ID is SOURCE/ID, ID with --source, or latest.
     Verify {
         id: String,
         #[arg(long)]

@@ -580,6 +580,18 @@ fn trap_message(trap: Option<wasmtime::Trap>, error: &str, said: &str) -> String
 /// The line of guest output that explains a crash.
 fn last_words(said: &str) -> Option<String> {
     let lines: Vec<&str> = said.lines().map(str::trim_end).collect();
+    // Python: the traceback's exception is its first unindented line after
+    // the header. It comes first: componentize-py's runtime then panics
+    // ("Python function threw an unexpected exception"), which says less.
+    if let Some(i) = lines
+        .iter()
+        .rposition(|l| l.starts_with("Traceback (most recent call last)"))
+        && let Some(line) = lines[i + 1..]
+            .iter()
+            .find(|l| !l.is_empty() && !l.starts_with(char::is_whitespace))
+    {
+        return Some(line.trim().to_string());
+    }
     // Rust: "thread '…' panicked at src/lib.rs:5:9:" then the message.
     if let Some(i) = lines.iter().rposition(|l| l.contains(" panicked at ")) {
         let msg: Vec<&str> = lines[i + 1..]
@@ -592,8 +604,15 @@ fn last_words(said: &str) -> Option<String> {
         }
         return Some(lines[i].trim().to_string());
     }
-    // Python's traceback ends with the exception; JavaScript errors are
-    // followed by stack frames ("fn@file:line:col", "  at …").
+    // componentize-js: the error's message, then "Stack:" and its frames,
+    // then the engine's own "Redirecting call to abort()…".
+    if let Some(i) = lines.iter().rposition(|l| l.trim() == "Stack:")
+        && let Some(line) = lines[..i].iter().rev().find(|l| !l.trim().is_empty())
+    {
+        return Some(line.trim().to_string());
+    }
+    // Other JavaScript errors are followed by stack frames
+    // ("fn@file:line:col", "  at …").
     lines
         .iter()
         .rev()
@@ -628,4 +647,27 @@ fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod last_words_tests {
+    use super::last_words;
+
+    #[test]
+    fn the_line_that_explains_a_crash_is_found_for_each_language() {
+        // componentize-py: the traceback, then its runtime's own panic.
+        let py = "Traceback (most recent call last):\n  File \"/0/app.py\", line 43, in run_step\n\
+                  ValueError: the disk is on fire\n\nthread '<unnamed>' (1) panicked at runtime/src/lib.rs:1280:25:\n\
+                  Python function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            last_words(py).as_deref(),
+            Some("ValueError: the disk is on fire")
+        );
+        let rust =
+            "thread 'main' panicked at src/lib.rs:5:9:\nindex out of bounds\nnote: run with\n";
+        assert_eq!(last_words(rust).as_deref(), Some("index out of bounds"));
+        let js = "the disk is on fire\nStack:\n  runStep@plugins/js/hello/hello.js:39:13\n\n\
+                  Redirecting call to abort() to mozalloc_abort\n\n";
+        assert_eq!(last_words(js).as_deref(), Some("the disk is on fire"));
+    }
 }

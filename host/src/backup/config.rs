@@ -76,6 +76,14 @@ pub struct Keys {
     /// The identity (secret key) for verify and restore: a file path, or
     /// `env:NAME` holding the key itself. Only needed where backups are read.
     pub identity: Option<Secret>,
+    /// The minisign secret key (no password) that signs manifests: a file
+    /// path, or `env:NAME`. Default: this host's own,
+    /// `STATE_DIR/backup-signing.key`, made on first use.
+    pub signing_key: Option<Secret>,
+    /// minisign public keys whose manifest signatures verify and restore
+    /// accept, besides the signing key's own.
+    #[serde(default)]
+    pub signed_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

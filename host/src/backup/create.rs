@@ -71,7 +71,12 @@ impl Backups {
 
         // A backup of a half-swapped database would keep its damage: an
         // interrupted restore into it is finished or undone first.
-        let Some(mut lock) = engine.lock_restores(std::time::Duration::ZERO).await? else {
+        // A restore killed a moment ago holds the lock until the server
+        // notices its session is gone: wait a little for that.
+        let Some(mut lock) = engine
+            .lock_restores(std::time::Duration::from_secs(10))
+            .await?
+        else {
             return Err(BackupError::Failed(format!(
                 "a restore into {source} is running: not backing up a database that is being replaced"
             )));
@@ -213,6 +218,7 @@ impl Backups {
             _ => None,
         };
         let manifest = Manifest {
+            authenticity: Default::default(),
             database,
             format: manifest::FORMAT,
             id: id.clone(),
@@ -271,6 +277,16 @@ impl Backups {
         };
         let body = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| BackupError::Failed(format!("encoding the manifest: {e}")))?;
+        let signature = self
+            .signer
+            .as_ref()
+            .ok_or_else(|| {
+                BackupError::Config(format!(
+                    "no key to sign manifests with: set [keys] signing-key, or let drhost write {}",
+                    super::signing::own_key(&self.state_dir).display()
+                ))
+            })?
+            .sign(source, &id, &body)?;
 
         let mut targets = Vec::new();
         for t in skipped {
@@ -278,15 +294,27 @@ impl Backups {
             targets.push(t);
         }
         for (store, upload_error) in results {
-            // The manifest goes last, and only where every byte arrived.
+            // The manifest goes last, and only where every byte arrived;
+            // its signature just before it, so a manifest is never unsigned.
+            let key = store.key(&Manifest::key(source, &id));
             let error = match upload_error {
                 Some(e) => Some(e),
-                None => store
+                None => match store
                     .backend
-                    .put(&store.key(&Manifest::key(source, &id)), body.clone())
+                    .put(
+                        &super::signing::signature_key(&key),
+                        signature.clone().into_bytes(),
+                    )
                     .await
-                    .err()
-                    .map(|e| format!("writing the manifest: {e}")),
+                {
+                    Err(e) => Some(format!("writing the manifest's signature: {e}")),
+                    Ok(_) => store
+                        .backend
+                        .put(&key, body.clone())
+                        .await
+                        .err()
+                        .map(|e| format!("writing the manifest: {e}")),
+                },
             };
             if let Some(e) = &error {
                 tracing::warn!(target = %store.name, "backup {id} incomplete: {e}");

@@ -105,6 +105,10 @@ pub struct Manifest {
     /// database's events from the logs, whatever database it restores into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// Whether its signature checked out when it was read (never stored:
+    /// the signature is a file of its own, see `signing`).
+    #[serde(skip)]
+    pub authenticity: super::signing::Authenticity,
 }
 
 impl Manifest {

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod manifest;
 pub mod pipeline;
 pub mod progress;
+pub mod signing;
 
 mod create;
 mod prune;
@@ -48,6 +49,8 @@ pub struct Store {
     pub name: String,
     pub backend: Arc<dyn Backend>,
     pub prefix: String,
+    /// The keys manifests read from here are checked against.
+    pub trust: Arc<signing::Trust>,
 }
 
 impl Store {
@@ -131,8 +134,37 @@ impl Store {
             .map_err(|e| {
                 BackupError::Failed(format!("target {}: reading {key}: {e}", self.name))
             })?;
-        Manifest::parse(&bytes)
-            .map_err(|e| BackupError::Failed(format!("target {}: {key}: {e}", self.name)))
+        let mut m = Manifest::parse(&bytes)
+            .map_err(|e| BackupError::Failed(format!("target {}: {key}: {e}", self.name)))?;
+        // A manifest copied to another backup's name is not that backup.
+        if self.key(&Manifest::key(&m.source, &m.id)) != key {
+            return Err(BackupError::Failed(format!(
+                "target {}: {key} holds the manifest of {}/{}",
+                self.name, m.source, m.id
+            )));
+        }
+        let signature = self.read_signature(&signing::signature_key(key)).await?;
+        m.authenticity = self
+            .trust
+            .check(&m.source, &m.id, &bytes, signature.as_deref());
+        Ok(m)
+    }
+
+    /// A manifest's signature, `None` when there is none.
+    async fn read_signature(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
+        if self.backend.head(key).await.map_err(self.err())?.is_none() {
+            return Ok(None);
+        }
+        let (_, mut reader) = self.backend.open(key, None).await.map_err(self.err())?;
+        let mut bytes = Vec::new();
+        (&mut reader)
+            .take(64 << 10)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| {
+                BackupError::Failed(format!("target {}: reading {key}: {e}", self.name))
+            })?;
+        Ok(Some(bytes))
     }
 
     /// The manifest of `id` (or the newest when `id` is "latest").
@@ -170,10 +202,32 @@ pub struct Backups {
     pub state_dir: PathBuf,
     /// Show progress bars (on a terminal).
     pub progress: bool,
+    /// Signs the manifests this host writes.
+    pub signer: Option<signing::Signer>,
 }
 
 impl Backups {
     pub async fn open(config: Config, state_dir: PathBuf) -> Result<Self, BackupError> {
+        let signer = match signing::Signer::load(
+            config.keys.signing_key.as_ref(),
+            &config.base,
+            &state_dir,
+        )? {
+            Some(s) => Some(s),
+            // This host's own key, made now; a host that cannot write its
+            // state directory can still read and check backups.
+            None => match signing::Signer::create(&state_dir) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("no backup signing key: {e}");
+                    None
+                }
+            },
+        };
+        let trust = Arc::new(signing::Trust::new(
+            &config.keys.signed_by,
+            signer.as_ref().map(signing::Signer::public),
+        )?);
         let mut stores = Vec::new();
         for (name, target) in &config.targets {
             let grant = target.as_grant(&config.base);
@@ -202,6 +256,7 @@ impl Backups {
                 name: name.clone(),
                 backend,
                 prefix: target.prefix.clone(),
+                trust: Arc::clone(&trust),
             });
         }
         Ok(Backups {
@@ -209,6 +264,7 @@ impl Backups {
             stores,
             state_dir,
             progress: false,
+            signer,
         })
     }
 

@@ -82,6 +82,19 @@ impl Backups {
             // an orphan: leave every unreferenced object alone.
             report.problems.extend(unreadable);
         }
+        // Only signed manifests count: forged ones could otherwise push
+        // real backups out of keep-last. The others are left alone and
+        // reported (with their objects, which they still reference).
+        let (all, untrusted): (Vec<Manifest>, Vec<Manifest>) =
+            all.into_iter().partition(|m| m.authenticity.trusted());
+        for m in &untrusted {
+            report.problems.push(format!(
+                "target {}: backup {} of {source} left alone: {}",
+                store.name,
+                m.id,
+                m.authenticity.problem().unwrap_or_default()
+            ));
+        }
         let verified = |id: &str| self.is_verified(&store.name, source, id);
         let plan = decide(&all, &verified, now, r.keep_days, r.keep_last)?;
         let entry = |m: &Manifest, reason: String| Pruned {
@@ -97,14 +110,16 @@ impl Backups {
                 if keep.is_some() {
                     continue;
                 }
+                let key = store.key(&Manifest::key(source, &m.id));
+                store.backend.delete(&key).await.map_err(store.err())?;
                 store
                     .backend
-                    .delete(&store.key(&Manifest::key(source, &m.id)))
+                    .delete(&store.key(&m.object))
                     .await
                     .map_err(store.err())?;
                 store
                     .backend
-                    .delete(&store.key(&m.object))
+                    .delete(&super::signing::signature_key(&key))
                     .await
                     .map_err(store.err())?;
             }
@@ -209,8 +224,16 @@ async fn prune_orphans(
     dry_run: bool,
 ) -> Result<Vec<Pruned>, BackupError> {
     let mut deleted = Vec::new();
-    let referenced: std::collections::BTreeSet<String> =
-        manifests.iter().map(|m| store.key(&m.object)).collect();
+    let referenced: std::collections::BTreeSet<String> = manifests
+        .iter()
+        .flat_map(|m| {
+            let manifest = store.key(&Manifest::key(source, &m.id));
+            [
+                store.key(&m.object),
+                super::signing::signature_key(&manifest),
+            ]
+        })
+        .collect();
     let horizon = now - chrono::Duration::hours(ORPHAN_AGE_HOURS);
     for obj in objects {
         let modified = chrono::DateTime::from_timestamp_millis(

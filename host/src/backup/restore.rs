@@ -244,6 +244,25 @@ impl Backups {
                     continue;
                 }
             };
+            // Only manifests signed by a trusted key are restored from: a
+            // forged one could point at any object encrypted to us.
+            let (all, untrusted): (Vec<Manifest>, Vec<Manifest>) =
+                all.into_iter().partition(|m| m.authenticity.trusted());
+            let named = untrusted
+                .iter()
+                .rev()
+                .find(|m| id == "latest" || m.id == id);
+            if let Some(m) = named {
+                misses.push(format!(
+                    "backup {} on {} is not restored from: {} (check it by hand: \
+                     minisign -V -P <public key> -m {}/{}.manifest.json)",
+                    m.id,
+                    store.name,
+                    m.authenticity.problem().unwrap_or_default(),
+                    source,
+                    m.id
+                ));
+            }
             let full = match (id, stop) {
                 ("latest", Some(stop)) => all
                     .iter()

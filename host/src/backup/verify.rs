@@ -1,5 +1,5 @@
-//! `drhost backup verify`: the plan's 10-point checklist, each point a real
-//! check with its own result. One download feeds the hash, the decryption,
+//! `drhost backup verify`: the plan's 10-point checklist plus the manifest's
+//! signature, each point a real check with its own result. One download feeds the hash, the decryption,
 //! the decompression and a restore into a scratch database.
 
 use super::engine::mariadb::Mariadb;
@@ -49,7 +49,7 @@ impl VerifyReport {
 }
 
 /// The checklist's names, in the plan's order.
-pub const CHECKS: [&str; 10] = [
+pub const CHECKS: [&str; 11] = [
     "file exists",
     "size reasonable",
     "encrypted",
@@ -60,6 +60,9 @@ pub const CHECKS: [&str; 10] = [
     "all tables present",
     "all records present",
     "no corruption detected",
+    // Not in the plan's list: the manifest that all the above trusts is
+    // the one this host (or a key in [keys] signed-by) wrote.
+    "manifest signed",
 ];
 
 struct Sheet(Vec<Check>);
@@ -84,6 +87,12 @@ impl Sheet {
     }
     fn failed(&self) -> bool {
         self.0.iter().any(|c| c.status == Status::Fail)
+    }
+    /// The checks in the checklist's order.
+    fn finish(mut self) -> Vec<Check> {
+        self.0
+            .sort_by_key(|c| CHECKS.iter().position(|n| *n == c.name));
+        self.0
     }
 }
 
@@ -127,6 +136,18 @@ async fn remove(engine: &Engine, place: &Place) -> Result<(), String> {
     }
 }
 
+/// Kills a loading tool when dropped (harmless once it has exited: the pidfd
+/// names that process only).
+struct KillOnDrop(Option<super::engine::Tool>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(tool) = &self.0 {
+            tool.kill();
+        }
+    }
+}
+
 /// A reader that fails once `stop` fires, even while it waits for bytes that
 /// never come.
 struct Stoppable<R> {
@@ -161,9 +182,12 @@ async fn load_detached(engine: &Arc<Engine>) -> Result<Load, super::engine::Engi
             place,
             sink,
             finish,
+            tool,
         })) = tx.send(load)
         {
-            // Its loading tool sees the end of its input and exits.
+            if let Some(tool) = tool {
+                tool.kill();
+            }
             drop(sink);
             let _ = tokio::task::spawn_blocking(finish).await;
             if let Err(e) = remove(&engine, &place).await {
@@ -221,6 +245,9 @@ impl Backups {
         // the tables it holds, so its scratch copy can be dropped.
         let stop = tokio_util::sync::CancellationToken::new();
         let _stop_when_dropped = stop.clone().drop_guard();
+        // The tool may be past reading (waiting on the server, its input
+        // full): it is killed too, so it lets go of what it holds.
+        let _kill_when_dropped = KillOnDrop(load.tool);
         let reader = Stoppable {
             inner: reader,
             stop: Box::pin(stop.cancelled_owned()),
@@ -262,6 +289,18 @@ impl Backups {
             restored: None,
             plaintext_sha256: None,
         };
+        // 11. manifest signed: judged first, whatever else fails.
+        match m.authenticity.problem() {
+            None => sheet.set(
+                CHECKS[10],
+                true,
+                match &m.authenticity {
+                    super::signing::Authenticity::Signed(key) => format!("by key {key}"),
+                    _ => String::new(),
+                },
+            ),
+            Some(why) => sheet.set(CHECKS[10], false, why),
+        }
 
         // 1. file exists
         let key = store.key(&m.object);
@@ -273,7 +312,7 @@ impl Backups {
                 format!("{key} is missing on {}", store.name),
             );
             sheet.skip_rest("no object to check");
-            report.checks = sheet.0;
+            report.checks = sheet.finish();
             return Ok(report);
         };
         sheet.set(CHECKS[0], true, key.clone());
@@ -372,7 +411,7 @@ impl Backups {
             Err(e) => {
                 sheet.set(CHECKS[3], false, e.to_string());
                 sheet.skip_rest("the object could not be read");
-                report.checks = sheet.0;
+                report.checks = sheet.finish();
                 return Ok(report);
             }
         };
@@ -385,7 +424,7 @@ impl Backups {
             report.plaintext_sha256 = Some(m.plaintext.sha256.clone());
             self.mark_verified(&store.name, source, &m.id);
         }
-        report.checks = sheet.0;
+        report.checks = sheet.finish();
         Ok(report)
     }
 

@@ -68,7 +68,7 @@ impl DrReport {
             target: format!("{}%", o.verification_rate),
             actual: ratio(ok, all).map(pct).unwrap_or_else(|| "-".into()),
             met: ratio(ok, all).map(|r| r * 100.0 >= o.verification_rate),
-            basis: format!("{ok} of {all} verifications (10-point checklist) passed"),
+            basis: format!("{ok} of {all} verifications (11-point checklist) passed"),
         });
         for (metric, kinds, target) in [
             (

@@ -97,6 +97,42 @@ pub struct Load {
     pub place: Place,
     pub sink: Box<dyn Write + Send>,
     pub finish: Finish<()>,
+    /// The loading tool, to kill when the load is abandoned.
+    pub tool: Option<Tool>,
+}
+
+/// A tool process, held by a pidfd: it can be killed even after its parent
+/// lost track of it, and never hits another process that reused its pid.
+pub struct Tool(std::os::fd::OwnedFd);
+
+impl Tool {
+    fn of(child: &std::process::Child) -> Option<Tool> {
+        let pid = libc::pid_t::try_from(child.id()).ok()?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor or -1; no memory of ours is involved.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: the kernel just returned this descriptor to us, and only
+        // this value owns it.
+        Some(Tool(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    /// SIGKILL: a load abandoned midway (a verify or restore stopped at its
+    /// budget) must not leave its tool holding tables on the server.
+    pub fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal reads only its arguments; a null info
+        // pointer means "as kill(2) would".
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
 }
 
 /// What a loaded copy holds, and what the engine's own checks said.
@@ -466,6 +502,7 @@ pub fn spawn_load(mut cmd: Command, tool: &'static str, place: Place) -> Result<
     Ok(Load {
         place,
         sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, stdin)),
+        tool: Tool::of(&child),
         finish: Box::new(move || wait_tool(tool, child, errors).map(|_| ())),
     })
 }

@@ -184,6 +184,7 @@ impl Sqlite {
         Ok(Load {
             place: Place::File(path),
             sink: Box::new(std::io::BufWriter::with_capacity(1 << 20, file)),
+            tool: None,
             finish: Box::new(move || sync.sync_all().map_err(io_err(format!("syncing {shown}")))),
         })
     }
