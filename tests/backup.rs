@@ -1614,6 +1614,78 @@ async fn a_forged_or_unsigned_manifest_fails_verify_is_not_restored_and_prune_le
     b.restore("app", &m.id, "app", None, None).await.unwrap();
 }
 
+#[tokio::test]
+async fn prune_removes_what_interrupted_writes_left_once_it_is_a_day_old() {
+    let s = Setup::new();
+    let bucket = new_bucket().await;
+    let body = format!(
+        "{}[targets.local]\npath = \"local\"\n{}",
+        sqlite_source(&s, 50),
+        s3_target("primary", &bucket, &s3_endpoint())
+    );
+    let b = s.backups(&body).await;
+    b.create("app", Kind::Full).await.unwrap();
+    // A local write killed midway leaves its temporary file: one from three
+    // days ago, one from a write that may still be running.
+    let folder = s.path("local/app");
+    let old = folder.join(".drhost-tmp-1-a-20260101T000000000Z-full.db.zst.age");
+    let fresh = folder.join(".drhost-tmp-2-b-20260101T000000000Z-full.db.zst.age");
+    for f in [&old, &fresh] {
+        std::fs::write(f, b"partial").unwrap();
+    }
+    let three_days = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(three_days)
+        .unwrap();
+    // An S3 upload killed midway leaves a multipart upload, invisible and billed.
+    let admin = s3_admin();
+    let upload = admin
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("db/app/20260101T000000000Z-full.db.zst.age")
+        .send()
+        .await
+        .unwrap();
+    let uploads = || async {
+        s3_admin()
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len()
+    };
+    assert_eq!(uploads().await, 1);
+
+    let now = chrono::Utc::now();
+    let r = b.prune_at(now, false).await.unwrap();
+    let leftovers: Vec<&str> = r
+        .deleted
+        .iter()
+        .filter(|p| p.reason == "left by an interrupted write")
+        .map(|p| p.id.as_str())
+        .collect();
+    assert!(
+        !old.exists() && fresh.exists(),
+        "only the old temporary file goes: {leftovers:?}"
+    );
+    // moto lists every upload as started on 2010-11-10 (a fixed value in its
+    // response), so here the upload is old at once; S3 gives the real time.
+    assert_eq!(uploads().await, 0, "{:?}", upload.upload_id());
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    // A day later the fresh temporary file goes too, and the backup stays whole.
+    b.prune_at(now + chrono::Duration::days(2), false)
+        .await
+        .unwrap();
+    assert!(!fresh.exists());
+    let r = b.verify("app", "latest", &[]).await.unwrap();
+    r.iter().for_each(assert_all_pass);
+}
+
 // ---- Objects ----
 
 #[tokio::test]
@@ -1900,6 +1972,152 @@ async fn a_mariadb_restore_killed_at_any_step_of_its_swap_leaves_the_target_old_
     assert!(points >= 15, "only {points} crash points in the swap");
     // Only a crash after the swap's last statement leaves nothing to do.
     assert_eq!(silent, [points], "crashes the next command did not report");
+}
+
+/// Runs `drhost backup restore ID --to TO` killed at crash point `point:k`
+/// for k = 1, 2, … until it completes; after each kill, `check` sees the
+/// target (it must be whole, old or new) and the next `backup create` of it
+/// must succeed. Returns how many crash points there were.
+async fn crash_every_step(
+    s: &Setup,
+    id: &str,
+    to: &str,
+    point: &str,
+    mut reset: impl AsyncFnMut(),
+    mut check: impl AsyncFnMut(usize),
+) -> usize {
+    use std::os::unix::process::ExitStatusExt;
+    let drhost = |args: &[&str], crash: Option<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drhost"));
+        cmd.args(args)
+            .arg("--config")
+            .arg(s.path("drhost.toml"))
+            .env("DRHOST_STATE_DIR", s.path("state"))
+            .env("DRHOST_LOG", "warn")
+            .env_remove("DRHOST_CRASH_AT");
+        if let Some(at) = crash {
+            cmd.env("DRHOST_CRASH_AT", at);
+        }
+        cmd.output()
+    };
+    for k in 1..100 {
+        reset().await;
+        let out = drhost(
+            &["backup", "restore", id, "--to", to],
+            Some(format!("{point}:{k}")),
+        )
+        .await
+        .unwrap();
+        if out.status.success() {
+            check(k).await;
+            return k - 1;
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "k={k}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check(k).await;
+        let next = drhost(&["backup", "create", to], None).await.unwrap();
+        assert!(
+            next.status.success(),
+            "k={k}: {}",
+            String::from_utf8_lossy(&next.stderr)
+        );
+        check(k).await;
+    }
+    panic!("the restore never completed");
+}
+
+#[tokio::test]
+async fn a_postgres_restore_killed_at_any_step_of_its_swap_leaves_the_target_whole_and_no_copy_behind()
+ {
+    let (name, url) = postgres_database(300).await;
+    let s = Setup::new();
+    let body = format!(
+        "[sources.pg]\nkind = \"postgres\"\nurl = \"{url}\"\n[targets.local]\npath = \"local\"\n"
+    );
+    let id = s
+        .backups(&body)
+        .await
+        .create("pg", Kind::Full)
+        .await
+        .unwrap()
+        .manifest
+        .id;
+    let admin = postgres_url();
+    let maintenance = format!("{}/postgres", admin.rsplit_once('/').unwrap().0);
+    let points = crash_every_step(
+        &s,
+        &id,
+        "pg",
+        "postgres-swap",
+        async || {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            c.execute("DELETE FROM items WHERE id > 100").await.unwrap();
+        },
+        async |k| {
+            // Whole: the backup's 300 rows or production's 100, never none.
+            let n = pg_scalar(&url, "SELECT COUNT(*) FROM items").await;
+            assert!(n == 300 || n == 100, "k={k}: {n} rows");
+            assert_eq!(
+                pg_scalar(&url, "SELECT COUNT(*) FROM audit.events").await,
+                10
+            );
+        },
+    )
+    .await;
+    assert!(points >= 3, "{points} crash points");
+    assert_eq!(
+        pg_scalar(
+            &maintenance,
+            &format!("SELECT COUNT(*) FROM pg_database WHERE datname LIKE '{name}\\_drhost\\_%'")
+        )
+        .await,
+        0,
+        "no staging or replaced database left"
+    );
+}
+
+#[tokio::test]
+async fn a_sqlite_restore_killed_at_any_step_of_its_swap_leaves_the_file_whole() {
+    let s = Setup::new();
+    let body = format!(
+        "{}[targets.local]\npath = \"local\"\n",
+        sqlite_source(&s, 300)
+    );
+    let id = s
+        .backups(&body)
+        .await
+        .create("app", Kind::Full)
+        .await
+        .unwrap()
+        .manifest
+        .id;
+    let db = s.path("app.db");
+    let points = crash_every_step(
+        &s,
+        &id,
+        "app",
+        "sqlite-swap",
+        async || {
+            sqlite3(&db, "DELETE FROM users WHERE id > 100");
+        },
+        async |k| {
+            assert_eq!(sqlite3(&db, "PRAGMA integrity_check"), "ok", "k={k}");
+            let n = sqlite3(&db, "SELECT COUNT(*) FROM users");
+            assert!(n == "300" || n == "100", "k={k}: {n} users");
+        },
+    )
+    .await;
+    assert!(points >= 2, "{points} crash points");
+    let staged: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("drhost-staging"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
 }
 
 #[tokio::test]

@@ -70,6 +70,26 @@ impl Backups {
         report: &mut PruneReport,
     ) -> Result<(), BackupError> {
         let r = &self.config.retention;
+        // What interrupted writes left (temporary files, multipart uploads
+        // never completed), once as old as orphans must be.
+        let horizon = now - chrono::Duration::hours(ORPHAN_AGE_HOURS);
+        let leftovers = store
+            .backend
+            .sweep_leftovers(
+                &store.key(&format!("{source}/")),
+                u64::try_from(horizon.timestamp_millis()).unwrap_or(0),
+                dry_run,
+            )
+            .await
+            .map_err(store.err())?;
+        report
+            .deleted
+            .extend(leftovers.into_iter().map(|key| Pruned {
+                target: store.name.clone(),
+                source: source.to_string(),
+                id: key,
+                reason: "left by an interrupted write".into(),
+            }));
         // One listing serves the manifests and the orphan check.
         let objects = store.objects(source).await?;
         let (all, unreadable) = store.manifests_checked(&objects).await?;

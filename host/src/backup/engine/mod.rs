@@ -175,14 +175,21 @@ fn rand_bytes() -> [u8; 16] {
 /// Held by a restore from start to end (see [`Engine::lock_restores`]).
 pub enum RestoreLock {
     Mariadb(mariadb::SwapLock),
+    Postgres(sqlx::postgres::PgConnection),
+    /// A `flock` held on a file in the work directory.
+    Sqlite(std::fs::File),
     /// Engines whose swap is a single atomic step need no lock.
     Free,
 }
 
 impl RestoreLock {
     pub async fn release(self) {
-        if let RestoreLock::Mariadb(l) = self {
-            l.release().await;
+        match self {
+            RestoreLock::Mariadb(l) => l.release().await,
+            RestoreLock::Postgres(c) => {
+                let _ = sqlx::Connection::close(c).await;
+            }
+            RestoreLock::Sqlite(_) | RestoreLock::Free => {}
         }
     }
 }
@@ -313,17 +320,17 @@ impl Engine {
 
     /// Takes the lock that keeps two restores of this database apart (and a
     /// backup from a database being replaced), waiting up to `wait`; `None`
-    /// when a restore holds it. Only MariaDB's swap has steps to protect:
-    /// PostgreSQL's is one transaction, SQLite's one rename.
+    /// when a restore holds it. Objects need none: each is written whole or
+    /// not at all.
     pub async fn lock_restores(
         &self,
         wait: std::time::Duration,
     ) -> Result<Option<RestoreLock>, EngineError> {
         match self {
             Engine::Mariadb(m) => Ok(m.lock_restores(wait).await?.map(RestoreLock::Mariadb)),
-            Engine::Sqlite(_) | Engine::Postgres(_) | Engine::Objects(_) => {
-                Ok(Some(RestoreLock::Free))
-            }
+            Engine::Postgres(p) => Ok(p.lock_restores(wait).await?.map(RestoreLock::Postgres)),
+            Engine::Sqlite(s) => Ok(s.lock_restores(wait).await?.map(RestoreLock::Sqlite)),
+            Engine::Objects(_) => Ok(Some(RestoreLock::Free)),
         }
     }
 
@@ -337,6 +344,8 @@ impl Engine {
             (Engine::Mariadb(m), RestoreLock::Mariadb(l)) => {
                 Ok(m.finish_interrupted(l).await?.map(|f| f.to_string()))
             }
+            (Engine::Postgres(p), RestoreLock::Postgres(l)) => p.finish_interrupted(l).await,
+            (Engine::Sqlite(s), RestoreLock::Sqlite(_)) => s.finish_interrupted(),
             _ => Ok(None),
         }
     }
@@ -347,7 +356,7 @@ impl Engine {
             Engine::Sqlite(s) => s.swap_in(staged).await,
             Engine::Mariadb(m) => match lock {
                 RestoreLock::Mariadb(l) => m.swap_in(staged, l).await,
-                RestoreLock::Free => Err(EngineError::Config(
+                _ => Err(EngineError::Config(
                     "a MariaDB swap needs the restore lock".into(),
                 )),
             },

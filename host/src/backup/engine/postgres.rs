@@ -188,6 +188,78 @@ impl Postgres {
         Ok(())
     }
 
+    /// Takes the restore lock on the target (a session advisory lock on the
+    /// maintenance database, released by the server when the session ends),
+    /// waiting up to `wait`; `None` when a restore holds it.
+    pub async fn lock_restores(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<PgConnection>, EngineError> {
+        let mut conn = self.connect(MAINTENANCE_DB).await?;
+        let digest = crate::digest::sha256_hex(self.server.database.as_bytes());
+        let key = i64::from_str_radix(&digest[..15], 16).unwrap_or(0);
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        sqlx::raw_sql(AssertSqlSafe(format!("SET lock_timeout = {ms}")))
+            .execute(&mut conn)
+            .await
+            .map_err(db_err("taking the restore lock"))?;
+        match sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => {
+                // The wait was for the lock only, not for what follows.
+                sqlx::raw_sql("SET lock_timeout = 0")
+                    .execute(&mut conn)
+                    .await
+                    .map_err(db_err("taking the restore lock"))?;
+                Ok(Some(conn))
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(None),
+            Err(e) => Err(db_err("taking the restore lock")(e)),
+        }
+    }
+
+    /// What a restore killed midway left (its staging database, or the
+    /// replaced database of a swap that committed but was not cleaned up):
+    /// dropped, under the restore lock. The swap itself is one transaction,
+    /// so the target is whole either way.
+    pub async fn finish_interrupted(
+        &self,
+        lock: &mut PgConnection,
+    ) -> Result<Option<String>, EngineError> {
+        let target = &self.server.database;
+        let mut dropped = Vec::new();
+        for name in [
+            scratch_name(target, &Purpose::Restore.tag(), 63),
+            scratch_name(target, "old", 63),
+        ] {
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(&name)
+                    .fetch_optional(&mut *lock)
+                    .await
+                    .map_err(db_err(format!("looking for {name}")))?;
+            if exists.is_some() {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote(&name)
+                )))
+                .execute(&mut *lock)
+                .await
+                .map_err(db_err(format!("dropping {name}")))?;
+                dropped.push(name);
+            }
+        }
+        Ok((!dropped.is_empty()).then(|| {
+            format!(
+                "cleaned up (its leftover databases {} are dropped)",
+                dropped.join(", ")
+            )
+        }))
+    }
+
     /// Renames the target aside and the staged database into its name, in one
     /// transaction, then drops the old one. Sessions on the target are ended.
     pub async fn swap_in(&self, staged: &Place) -> Result<(), EngineError> {

@@ -155,6 +155,51 @@ impl Sqlite {
         })
     }
 
+    /// Takes the restore lock on this file (`flock` on a file in the work
+    /// directory named after it, released by the kernel when the process
+    /// ends), waiting up to `wait`; `None` when a restore holds it.
+    pub async fn lock_restores(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<std::fs::File>, EngineError> {
+        use std::os::fd::AsRawFd;
+        private_dir(&self.work)?;
+        let name = crate::digest::sha256_hex(self.path.as_os_str().as_encoded_bytes());
+        let path = self.work.join(format!("restore-{}.lock", &name[..16]));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(file));
+            }
+            if started.elapsed() >= wait {
+                return Ok(None);
+            }
+            // flock has no timeout of its own: poll it.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A staging copy left by a restore killed before its swap (the swap is
+    /// one rename: the target is whole either way): removed, under the lock.
+    pub fn finish_interrupted(&self) -> Result<Option<String>, EngineError> {
+        let staged = self.place_for(Purpose::Restore);
+        match std::fs::remove_file(&staged) {
+            Ok(()) => Ok(Some(format!(
+                "cleaned up (its staging copy {} is removed)",
+                staged.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(format!("removing {}", staged.display()))(e)),
+        }
+    }
+
     fn place_for(&self, purpose: Purpose) -> PathBuf {
         match purpose {
             Purpose::Verify => self.work.join(format!("{}.sqlite", purpose.tag())),

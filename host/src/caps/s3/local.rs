@@ -234,6 +234,16 @@ impl LocalBucket {
         root: &Dir,
         prefix: &str,
     ) -> Result<Vec<(String, cap_std::fs::Metadata)>, BackendError> {
+        Self::walk_for(root, prefix, false)
+    }
+
+    /// Every object key under `prefix`, or with `temporaries` every
+    /// temporary file of a write in progress or interrupted instead.
+    fn walk_for(
+        root: &Dir,
+        prefix: &str,
+        temporaries: bool,
+    ) -> Result<Vec<(String, cap_std::fs::Metadata)>, BackendError> {
         // Start at the deepest folder the prefix names, not at the root.
         let start = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -255,14 +265,23 @@ impl LocalBucket {
             for entry in entries {
                 let entry = entry.map_err(|e| io_err(&dir, e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TMP_PREFIX) {
-                    continue;
-                }
+                let temporary = name.starts_with(TMP_PREFIX);
                 let key = if dir.is_empty() {
                     name
                 } else {
                     format!("{dir}/{name}")
                 };
+                if temporary {
+                    // Matched on its folder: its name is not its key.
+                    if temporaries
+                        && dir.starts_with(prefix.rsplit_once('/').map_or("", |(d, _)| d))
+                        && let Ok(m) = root.symlink_metadata(&key)
+                        && m.is_file()
+                    {
+                        out.push((key, m));
+                    }
+                    continue;
+                }
                 let ft = entry.file_type().map_err(|e| io_err(&key, e))?;
                 if ft.is_dir() {
                     if prefix.starts_with(&format!("{key}/"))
@@ -271,7 +290,7 @@ impl LocalBucket {
                     {
                         stack.push(key);
                     }
-                } else if key.starts_with(prefix) {
+                } else if !temporaries && key.starts_with(prefix) {
                     // Metadata through the sandbox: a symlink leading out fails here.
                     match root.metadata(&key) {
                         Ok(m) if m.is_file() => out.push((key, m)),
@@ -512,6 +531,37 @@ impl Backend for LocalBucket {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(io_err(&key, e)),
             }
+        }))
+    }
+
+    fn sweep_leftovers<'a>(
+        &'a self,
+        prefix: &'a str,
+        before_ms: u64,
+        dry_run: bool,
+    ) -> BoxFut<'a, Result<Vec<String>, BackendError>> {
+        let prefix = prefix.to_string();
+        Box::pin(self.blocking(false, move |folder, root| {
+            let Some(root) = root else {
+                return Ok(Vec::new());
+            };
+            let sub = prefix.strip_prefix(&folder.prefix).unwrap_or(&prefix);
+            let mut out = Vec::new();
+            for (rel, m) in Self::walk_for(root, sub, true)? {
+                // A write in progress touches its file: only old ones go.
+                if meta_of(&rel, &m).last_modified_ms >= before_ms {
+                    continue;
+                }
+                if !dry_run {
+                    match root.remove_file(&rel) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err(&rel, e)),
+                    }
+                }
+                out.push(format!("{}{rel}", folder.prefix));
+            }
+            Ok(out)
         }))
     }
 

@@ -119,6 +119,16 @@ pub trait Backend: Send + Sync {
         max: u32,
     ) -> BoxFut<'a, Result<VersionPage, BackendError>>;
     fn delete<'a>(&'a self, key: &'a str) -> BoxFut<'a, Result<(), BackendError>>;
+    /// What interrupted writes left under `prefix` before `before_ms`
+    /// (Unix milliseconds): temporary files of a local bucket, multipart
+    /// uploads never completed nor aborted on S3. Removed unless `dry_run`;
+    /// the keys are returned either way.
+    fn sweep_leftovers<'a>(
+        &'a self,
+        prefix: &'a str,
+        before_ms: u64,
+        dry_run: bool,
+    ) -> BoxFut<'a, Result<Vec<String>, BackendError>>;
     /// Copies within this store (server-side on S3). `src` is this store.
     fn copy_within<'a>(
         &'a self,

@@ -558,6 +558,58 @@ impl Backend for S3Bucket {
         })
     }
 
+    fn sweep_leftovers<'a>(
+        &'a self,
+        prefix: &'a str,
+        before_ms: u64,
+        dry_run: bool,
+    ) -> BoxFut<'a, Result<Vec<String>, BackendError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+            loop {
+                let page = self
+                    .client
+                    .list_multipart_uploads()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .set_key_marker(key_marker.clone())
+                    .set_upload_id_marker(id_marker.clone())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(&format!("listing the uploads under {prefix}"), e))?;
+                for u in page.uploads() {
+                    let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                        continue;
+                    };
+                    let started = u
+                        .initiated()
+                        .and_then(|t| u64::try_from(t.to_millis().ok()?).ok())
+                        .unwrap_or(u64::MAX);
+                    if started >= before_ms {
+                        continue;
+                    }
+                    if !dry_run {
+                        self.client
+                            .abort_multipart_upload()
+                            .bucket(&self.bucket)
+                            .key(key)
+                            .upload_id(id)
+                            .send()
+                            .await
+                            .map_err(|e| sdk_err(&format!("aborting the upload of {key}"), e))?;
+                    }
+                    out.push(format!("{key} (upload {id})"));
+                }
+                if page.is_truncated() != Some(true) {
+                    return Ok(out);
+                }
+                key_marker = page.next_key_marker().map(str::to_string);
+                id_marker = page.next_upload_id_marker().map(str::to_string);
+            }
+        })
+    }
+
     fn copy_within<'a>(
         &'a self,
         src_key: &'a str,
