@@ -1686,6 +1686,50 @@ async fn prune_removes_what_interrupted_writes_left_once_it_is_a_day_old() {
     r.iter().for_each(assert_all_pass);
 }
 
+#[tokio::test]
+async fn a_restore_whose_download_fails_midway_falls_back_to_the_next_target() {
+    let (db, url) = mariadb_database(60_000).await;
+    let bucket = new_bucket().await;
+    let s = Setup::new();
+    // The S3 target comes first (targets are tried in name order).
+    let body = |endpoint: &str| {
+        format!(
+            "[sources.shop]\nkind = \"mariadb\"\nurl = \"{url}\"\n{}[targets.z-local]\npath = \"local\"\n",
+            s3_target("a-s3", &bucket, endpoint)
+        )
+    };
+    let m = s
+        .backups(&body(&s3_endpoint()))
+        .await
+        .create("shop", Kind::Full)
+        .await
+        .unwrap()
+        .manifest;
+    let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    c.execute("DELETE FROM items WHERE id > 100").await.unwrap();
+    // The S3 endpoint vanishes after 1 MiB: the download breaks midway.
+    let proxy = vanishing_proxy(s3_endpoint().trim_start_matches("http://").into(), 1 << 20).await;
+    let b = s.backups(&body(&format!("http://{proxy}"))).await;
+    let r = b.restore("shop", &m.id, "shop", None, None).await.unwrap();
+    assert_eq!(r.from, "z-local");
+    assert_eq!(
+        mariadb_scalar(&db, "SELECT COUNT(*) FROM items").await,
+        60_000
+    );
+    // Named explicitly, a failing target is not replaced by another.
+    let proxy = vanishing_proxy(s3_endpoint().trim_start_matches("http://").into(), 1 << 20).await;
+    let b = s.backups(&body(&format!("http://{proxy}"))).await;
+    let e = b
+        .restore("shop", &m.id, "shop", Some("a-s3"), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stopped before touching") && e.contains("from a-s3"),
+        "{e}"
+    );
+}
+
 // ---- Objects ----
 
 #[tokio::test]

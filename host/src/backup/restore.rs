@@ -131,67 +131,57 @@ impl Backups {
         if let Some(done) = target.finish_interrupted(&mut lock).await? {
             tracing::warn!("an interrupted restore into {to} was {done}");
         }
-        tracing::info!(id = %full.id, from = %store.name, to, incrementals = chain.len(), "restore started");
-        let load = target.load(Purpose::Restore).await?;
-        let loaded = self
-            .load_into(
-                store,
-                &full,
-                load,
-                &format!("restore {} into {to}", full.id),
-            )
-            .await?;
-        let staged = loaded.place.clone();
-        // A restore dropped midway (a step cut at its budget) leaves no
-        // staging file beside the target. (A staging database is replaced
-        // by the next restore: its name is fixed.)
-        let mut staging_file = match &staged {
-            Place::File(p) => Some(super::engine::RemoveOnDrop::new(p.clone())),
-            Place::Database(_) => None,
-        };
-        let checked = async {
-            check_loaded(&loaded, &full)?;
-            let ins = target
-                .inspect_loaded(&staged)
+        // Staged and checked from the first target holding the backup; when
+        // that copy cannot be read whole or does not check out, from the
+        // next one (unless the caller named the target).
+        let (mut store, mut full, mut chain) = (store, full, chain);
+        let mut failed: Vec<String> = Vec::new();
+        let mut tried: Vec<&str> = Vec::new();
+        let (staged, mut staging_file, ins) = loop {
+            tracing::info!(id = %full.id, from = %store.name, to, incrementals = chain.len(), "restore started");
+            let why = match self
+                .stage(
+                    store,
+                    &full,
+                    &chain,
+                    &target,
+                    source,
+                    to,
+                    stop.as_ref(),
+                    resume,
+                )
                 .await
-                .map_err(|e| e.to_string())?;
-            ins.integrity.clone()?;
-            same_tables(&ins, &full)?;
-            if chain.is_empty() {
-                return Ok(ins);
-            }
-            let Engine::Mariadb(m) = &target else {
-                return Err("point-in-time recovery needs a MariaDB source".to_string());
+            {
+                Ok(staged) => break staged,
+                Err(why) => why,
             };
-            // The logs hold the events of the database that was backed up:
-            // replay those, whatever database this restore goes into.
-            let source_db = self.backed_up_database(source, &full)?;
-            for inc in &chain {
-                self.replay(store, m, &source_db, &staged, inc, None, stop.as_ref())
-                    .await?;
-            }
-            if let Some(t) = resume {
-                for inc in &chain {
-                    self.replay(store, m, &source_db, &staged, inc, Some(t), None)
-                        .await?;
+            tracing::warn!("restore of {} from {}: {why}", full.id, store.name);
+            failed.push(format!("from {}: {why}", store.name));
+            tried.push(store.name.as_str());
+            let next = match from {
+                Some(_) => None,
+                None => self
+                    .plan_restore_skipping(
+                        source,
+                        &full.id,
+                        None,
+                        stop.as_ref(),
+                        resume.is_some(),
+                        &tried,
+                    )
+                    .await
+                    .ok(),
+            };
+            match next {
+                Some((s, f, c)) => (store, full, chain) = (s, f, c),
+                None => {
+                    return Err(BackupError::Failed(format!(
+                        "restore of {} into {to} stopped before touching {}: {}",
+                        full.id,
+                        target.describe(),
+                        failed.join("; ")
+                    )));
                 }
-            }
-            let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
-            ins.integrity.clone()?;
-            Ok(ins)
-        }
-        .await;
-        let ins = match checked {
-            Ok(ins) => ins,
-            Err(why) => {
-                if let Err(e) = target.discard(&staged).await {
-                    tracing::warn!("removing the staging copy {staged}: {e}");
-                }
-                return Err(BackupError::Failed(format!(
-                    "restore of {} into {to} stopped before touching {}: {why}",
-                    full.id,
-                    target.describe()
-                )));
             }
         };
         // The swap renames the staging file into place (or fails and
@@ -221,6 +211,80 @@ impl Backups {
         })
     }
 
+    /// Loads `full` from `store` into a staging copy beside the target,
+    /// replays `chain`, and checks the copy against the manifests; the
+    /// staging copy is discarded when anything fails.
+    #[allow(clippy::too_many_arguments)]
+    async fn stage(
+        &self,
+        store: &Store,
+        full: &Manifest,
+        chain: &[Manifest],
+        target: &Engine,
+        source: &str,
+        to: &str,
+        stop: Option<&Stop>,
+        resume: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(Place, Option<super::engine::RemoveOnDrop>, Inspection), String> {
+        let load = target
+            .load(Purpose::Restore)
+            .await
+            .map_err(|e| e.to_string())?;
+        let loaded = self
+            .load_into(store, full, load, &format!("restore {} into {to}", full.id))
+            .await
+            .map_err(|e| e.to_string())?;
+        let staged = loaded.place.clone();
+        // A restore dropped midway (a step cut at its budget) leaves no
+        // staging file beside the target. (A staging database is replaced
+        // by the next restore: its name is fixed.)
+        let staging_file = match &staged {
+            Place::File(p) => Some(super::engine::RemoveOnDrop::new(p.clone())),
+            Place::Database(_) => None,
+        };
+        let checked = async {
+            check_loaded(&loaded, full)?;
+            let ins = target
+                .inspect_loaded(&staged)
+                .await
+                .map_err(|e| e.to_string())?;
+            ins.integrity.clone()?;
+            same_tables(&ins, full)?;
+            if chain.is_empty() {
+                return Ok(ins);
+            }
+            let Engine::Mariadb(m) = target else {
+                return Err("point-in-time recovery needs a MariaDB source".to_string());
+            };
+            // The logs hold the events of the database that was backed up:
+            // replay those, whatever database this restore goes into.
+            let source_db = self.backed_up_database(source, full)?;
+            for inc in chain {
+                self.replay(store, m, &source_db, &staged, inc, None, stop)
+                    .await?;
+            }
+            if let Some(t) = resume {
+                for inc in chain {
+                    self.replay(store, m, &source_db, &staged, inc, Some(t), None)
+                        .await?;
+                }
+            }
+            let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
+            ins.integrity.clone()?;
+            Ok(ins)
+        }
+        .await;
+        match checked {
+            Ok(ins) => Ok((staged, staging_file, ins)),
+            Err(why) => {
+                if let Err(e) = target.discard(&staged).await {
+                    tracing::warn!("removing the staging copy {staged}: {e}");
+                }
+                Err(why)
+            }
+        }
+    }
+
     /// Chooses the target, the full backup and the incrementals to replay.
     async fn plan_restore(
         &self,
@@ -230,9 +294,27 @@ impl Backups {
         stop: Option<&Stop>,
         to_the_end: bool,
     ) -> Result<(&Store, Manifest, Vec<Manifest>), BackupError> {
+        self.plan_restore_skipping(source, id, from, stop, to_the_end, &[])
+            .await
+    }
+
+    /// [`Self::plan_restore`], leaving out the targets in `skip`.
+    async fn plan_restore_skipping(
+        &self,
+        source: &str,
+        id: &str,
+        from: Option<&str>,
+        stop: Option<&Stop>,
+        to_the_end: bool,
+        skip: &[&str],
+    ) -> Result<(&Store, Manifest, Vec<Manifest>), BackupError> {
         let stores: Vec<&Store> = match from {
             Some(name) => vec![self.store(name)?],
-            None => self.stores.iter().collect(),
+            None => self
+                .stores
+                .iter()
+                .filter(|s| !skip.contains(&s.name.as_str()))
+                .collect(),
         };
         let mut misses = Vec::new();
         for store in stores {
