@@ -320,6 +320,30 @@ async fn verification_names_each_kind_of_damage() {
     let (st, detail) = status(&r, "extractable");
     assert_eq!(st, Status::Fail);
     assert!(detail.contains("does not match any recipient"), "{detail}");
+
+    // No identity at all: the object cannot be decrypted here, which is
+    // point 5's failure, not point 4's.
+    let text = std::fs::read_to_string(s.path("drhost.toml")).unwrap();
+    std::fs::write(
+        s.path("drhost.toml"),
+        text.replace("identity = \"key.txt\"\n", ""),
+    )
+    .unwrap();
+    let b = Backups::open(
+        Config::load(&s.path("drhost.toml")).unwrap(),
+        s.path("state"),
+    )
+    .await
+    .unwrap();
+    let r = b
+        .verify("app", &m.id, &["f".into()])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(status(&r, "downloadable").0, Status::Skip);
+    let (st, detail) = status(&r, "extractable");
+    assert_eq!(st, Status::Fail);
+    assert!(detail.contains("set [keys] identity"), "{detail}");
 }
 
 #[tokio::test]
@@ -404,6 +428,9 @@ async fn unencrypted_backups_need_an_explicit_setting_and_are_reported_as_such()
     assert_eq!(st, Status::Fail);
     assert!(detail.contains("not encrypted"), "{detail}");
     assert_eq!(status(&r, "all records present").0, Status::Pass);
+    // Point 10 does not claim an authentication that never happened.
+    let (_, detail) = status(&r, "no corruption detected");
+    assert!(!detail.contains("authenticated"), "{detail}");
 }
 
 #[tokio::test]
@@ -682,7 +709,12 @@ async fn a_dead_target_or_a_damaged_manifest_blocks_only_itself() {
     let id = report.manifest.id.clone();
 
     // list: the local backup, and the dead target named as a problem.
-    let (listed, problems) = b.list_report(Some("app")).await.unwrap();
+    let drhost::backup::Listing {
+        backups: listed,
+        problems,
+        orphans,
+    } = b.list_report(Some("app")).await.unwrap();
+    assert!(orphans.is_empty(), "{orphans:?}");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].0, "local");
     assert!(problems.iter().any(|p| p.contains("adead")), "{problems:?}");
@@ -721,7 +753,11 @@ async fn a_dead_target_or_a_damaged_manifest_blocks_only_itself() {
     let second = b.create("app", Kind::Full).await.unwrap().manifest;
     let manifest = s.path("local").join(Manifest::key("app", &second.id));
     std::fs::write(&manifest, b"{ not json").unwrap();
-    let (listed, problems) = b.list_report(Some("app")).await.unwrap();
+    let drhost::backup::Listing {
+        backups: listed,
+        problems,
+        ..
+    } = b.list_report(Some("app")).await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|(_, m)| m.id.as_str()).collect();
     assert_eq!(ids, [id.as_str()]);
     assert!(
@@ -1728,6 +1764,24 @@ async fn a_restore_whose_download_fails_midway_falls_back_to_the_next_target() {
         e.contains("stopped before touching") && e.contains("from a-s3"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_backup_whose_manifest_was_deleted_is_listed_as_an_orphan_not_hidden() {
+    let s = Setup::new();
+    let body = format!(
+        "{}[targets.local]\npath = \"local\"\n",
+        sqlite_source(&s, 10)
+    );
+    let b = s.backups(&body).await;
+    let m = b.create("app", Kind::Full).await.unwrap().manifest;
+    std::fs::remove_file(s.path("local").join(Manifest::key("app", &m.id))).unwrap();
+    let listing = b.list_report(Some("app")).await.unwrap();
+    assert!(listing.backups.is_empty());
+    assert!(listing.problems.is_empty(), "{:?}", listing.problems);
+    let orphans = listing.orphans.join("\n");
+    assert!(orphans.contains(&m.object), "{orphans}");
+    assert!(orphans.contains(".minisig"), "{orphans}");
 }
 
 // ---- Objects ----

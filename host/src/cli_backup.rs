@@ -242,29 +242,51 @@ pub async fn run(
             }
         }
         BackupCommand::List { source } => match backups.list_report(source.as_deref()).await {
-            Ok((all, problems)) => {
+            Ok(drhost::backup::Listing {
+                backups: all,
+                problems,
+                orphans,
+            }) => {
                 if json {
                     let v: Vec<serde_json::Value> = all
                         .iter()
-                        .map(|(t, m)| serde_json::json!({"target": t, "manifest": m}))
+                        .map(|(t, m)| {
+                            serde_json::json!({
+                                "target": t,
+                                "manifest": m,
+                                "signed": m.authenticity.trusted(),
+                                "signature_problem": m.authenticity.problem(),
+                            })
+                        })
                         .collect();
                     print_json(&v);
                 } else {
                     println!(
-                        "{:<10} {:<12} {:<30} {:>12} {:>8} {:>10}",
-                        "TARGET", "SOURCE", "ID", "BYTES", "TABLES", "ROWS"
+                        "{:<10} {:<12} {:<30} {:>12} {:>8} {:>10} {:<6}",
+                        "TARGET", "SOURCE", "ID", "BYTES", "TABLES", "ROWS", "SIGNED"
                     );
                     for (t, m) in &all {
                         println!(
-                            "{:<10} {:<12} {:<30} {:>12} {:>8} {:>10}",
+                            "{:<10} {:<12} {:<30} {:>12} {:>8} {:>10} {:<6}",
                             t,
                             m.source,
                             m.id,
                             m.ciphertext.size,
                             m.tables.len(),
-                            m.tables.values().sum::<u64>()
+                            m.tables.values().sum::<u64>(),
+                            if m.authenticity.trusted() {
+                                "yes"
+                            } else {
+                                "NO"
+                            }
                         );
                     }
+                }
+                // Not a failure: a backup may be running right now.
+                for o in &orphans {
+                    eprintln!(
+                        "note: {o} (an interrupted or running backup, or a deleted manifest; prune removes it once a day old)"
+                    );
                 }
                 // What is listed is real; what could not be read is said,
                 // and the exit code says the listing is partial.

@@ -194,6 +194,17 @@ impl Store {
     }
 }
 
+/// What `backup list` found.
+pub struct Listing {
+    /// Every backup read, with its target.
+    pub backups: Vec<(String, Manifest)>,
+    /// Targets or manifests that could not be read (the listing is partial).
+    pub problems: Vec<String>,
+    /// Objects no manifest names: a backup interrupted or still running, or
+    /// a manifest deleted. `prune` removes them once a day old.
+    pub orphans: Vec<String>,
+}
+
 /// An installation's backups: its configuration and its open targets.
 pub struct Backups {
     pub config: Config,
@@ -336,16 +347,13 @@ impl Backups {
 
     /// Every backup of `source` (or of every source) on every target.
     pub async fn list(&self, source: Option<&str>) -> Result<Vec<(String, Manifest)>, BackupError> {
-        Ok(self.list_report(source).await?.0)
+        Ok(self.list_report(source).await?.backups)
     }
 
     /// Every backup on every reachable target, and what could not be read
     /// (`target: reason`): a target that is down, or a damaged manifest,
     /// hides only itself.
-    pub async fn list_report(
-        &self,
-        source: Option<&str>,
-    ) -> Result<(Vec<(String, Manifest)>, Vec<String>), BackupError> {
+    pub async fn list_report(&self, source: Option<&str>) -> Result<Listing, BackupError> {
         let sources: Vec<String> = match source {
             Some(s) => {
                 self.config.source(s).map_err(BackupError::Config)?;
@@ -355,14 +363,32 @@ impl Backups {
         };
         let mut out = Vec::new();
         let mut problems = Vec::new();
+        let mut orphans = Vec::new();
         for store in &self.stores {
             for s in &sources {
                 let listed = match store.objects(s).await {
-                    Ok(objects) => store.manifests_checked(&objects).await,
+                    Ok(objects) => store
+                        .manifests_checked(&objects)
+                        .await
+                        .map(|(m, u)| (objects, m, u)),
                     Err(e) => Err(e),
                 };
                 match listed {
-                    Ok((manifests, unreadable)) => {
+                    Ok((objects, manifests, unreadable)) => {
+                        // An object no manifest names: a backup interrupted
+                        // (or running), or one whose manifest was deleted.
+                        if unreadable.is_empty() {
+                            let named: std::collections::BTreeSet<String> = manifests
+                                .iter()
+                                .flat_map(|m| {
+                                    let key = store.key(&Manifest::key(s, &m.id));
+                                    [store.key(&m.object), signing::signature_key(&key), key]
+                                })
+                                .collect();
+                            orphans.extend(objects.iter().filter(|o| !named.contains(&o.key)).map(
+                                |o| format!("target {}: {} has no manifest", store.name, o.key),
+                            ));
+                        }
                         out.extend(manifests.into_iter().map(|m| (store.name.clone(), m)));
                         problems.extend(unreadable);
                     }
@@ -373,7 +399,11 @@ impl Backups {
                 }
             }
         }
-        Ok((out, problems))
+        Ok(Listing {
+            backups: out,
+            problems,
+            orphans,
+        })
     }
 
     /// Where verification results are remembered (prune keeps the newest

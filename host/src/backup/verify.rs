@@ -385,6 +385,20 @@ impl Backups {
             ),
         }
 
+        // Without the identity the object cannot be decrypted here: that is
+        // point 5's failure, and nothing is downloaded for it.
+        if let Err(e) = self.identity_for(&m) {
+            sheet.put(
+                CHECKS[3],
+                Status::Skip,
+                "not read: it could not be decrypted here",
+            );
+            sheet.set(CHECKS[4], false, e.to_string());
+            sheet.skip_rest("the backup cannot be decrypted on this host");
+            report.checks = sheet.finish();
+            return Ok(report);
+        }
+
         // 4–6: one pass: download, decrypt, decompress, restore into scratch
         // (an incremental's binary logs: unpack into a scratch directory).
         let label = format!("verify {} on {}", m.id, store.name);
@@ -553,7 +567,11 @@ impl Backups {
             sheet.set(
                 CHECKS[9],
                 true,
-                "authenticated decryption, zstd checksums and a full decode agree",
+                if m.encrypted() {
+                    "authenticated decryption, zstd checksums and a full decode agree"
+                } else {
+                    "zstd checksums and a full decode agree (not encrypted: nothing authenticates the bytes)"
+                },
             );
             return Ok(None);
         }
@@ -610,10 +628,12 @@ impl Backups {
         sheet.set(
             CHECKS[9],
             clean,
-            if clean {
+            if !clean {
+                "see the failures above"
+            } else if m.encrypted() {
                 "authenticated decryption, zstd checksums, engine checks and counts all agree"
             } else {
-                "see the failures above"
+                "zstd checksums, engine checks and counts all agree (not encrypted: nothing authenticates the bytes)"
             },
         );
         Ok(Some(inspection))
@@ -710,7 +730,15 @@ pub fn identical(reports: &[VerifyReport]) -> Result<String, String> {
     let mut first: Option<(&str, &Inspection, &str)> = None;
     for r in reports {
         let (Some(ins), Some(sha)) = (&r.restored, &r.plaintext_sha256) else {
-            return Err(format!("{} did not restore", r.target));
+            // Say why: "did not restore" alone reads as a restore that was
+            // tried, even for a backup that is not there.
+            let why = r
+                .checks
+                .iter()
+                .find(|c| c.status == Status::Fail)
+                .map(|c| format!("{}: {}", c.name, c.detail))
+                .unwrap_or_else(|| "it did not pass verification".into());
+            return Err(format!("{} cannot be compared ({why})", r.target));
         };
         match first {
             None => first = Some((&r.target, ins, sha)),
