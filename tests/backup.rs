@@ -1552,7 +1552,8 @@ async fn a_verify_stopped_mid_download_leaves_no_scratch_database() {
     }
     assert!(loading, "the verify never created its scratch database");
     drop(verify);
-    for _ in 0..200 {
+    // The removal waits for the killed tool's session to end: 30 s at most.
+    for _ in 0..600 {
         if mariadb_scalar(&db, &scratch).await == 0 {
             return;
         }
@@ -1973,7 +1974,6 @@ async fn mariadb_production(db: &str) {
 #[tokio::test]
 async fn a_mariadb_restore_killed_at_any_step_of_its_swap_leaves_the_target_old_or_new_and_the_next_command_recovers()
  {
-    use std::os::unix::process::ExitStatusExt;
     let (db, url) = mariadb_database(50).await;
     let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
     sqlx::raw_sql(
@@ -2000,90 +2000,79 @@ async fn a_mariadb_restore_killed_at_any_step_of_its_swap_leaves_the_target_old_
         .id;
     mariadb_production(&db).await;
     let old = mariadb_shape(&db).await;
-    let drhost = |args: &[&str], crash: Option<String>| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drhost"));
-        cmd.args(args)
-            .arg("--config")
-            .arg(s.path("drhost.toml"))
-            .env("DRHOST_STATE_DIR", s.path("state"))
-            .env("DRHOST_LOG", "warn")
-            .env_remove("DRHOST_CRASH_AT");
-        if let Some(at) = crash {
-            cmd.env("DRHOST_CRASH_AT", at);
-        }
-        cmd.output()
-    };
     let leftovers = format!(
         "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE '{db}\\_drhost\\_%'"
     );
     // What a restore that is not interrupted leaves: the backup's tables,
     // triggers, views and routines (views and routines of production that
     // the backup lacks stay).
-    let out = drhost(&["backup", "restore", &id, "--to", "shop"], None)
+    s.backups(&body)
+        .await
+        .restore("shop", &id, "shop", None, None)
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let new = mariadb_shape(&db).await;
     assert_ne!(old, new);
-    let mut points = 0;
-    // Crashes after which the next command had nothing to finish.
-    let mut silent = Vec::new();
-    for k in 1..100 {
-        mariadb_production(&db).await;
-        let out = drhost(
-            &["backup", "restore", &id, "--to", "shop"],
-            Some(format!("mariadb-swap:{k}")),
-        )
-        .await
-        .unwrap();
-        if out.status.success() {
-            // Past the last crash point: the restore ran to its end.
-            assert_eq!(mariadb_shape(&db).await, new);
-            break;
-        }
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGKILL),
-            "k={k}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        points = k;
-        // The next command that touches the database finishes or undoes the swap.
-        let next = drhost(&["backup", "create", "shop"], None).await.unwrap();
-        let said = String::from_utf8_lossy(&next.stderr);
-        assert!(next.status.success(), "k={k}: {said}");
-        if !said.contains("an interrupted restore into shop was") {
-            silent.push(k);
-        }
-        let now = mariadb_shape(&db).await;
-        assert!(now == old || now == new, "k={k}: half swapped: {now:#?}");
-        assert_eq!(
-            mariadb_scalar(&db, &leftovers).await,
-            0,
-            "k={k}: scratch databases left"
-        );
-    }
+    let said = crash_every_step(
+        &s,
+        &id,
+        "shop",
+        "mariadb-swap",
+        async || mariadb_production(&db).await,
+        async |k, after| {
+            let now = mariadb_shape(&db).await;
+            match after {
+                // Half swapped is allowed only until the next command.
+                After::Killed => {}
+                After::Recovered => {
+                    assert!(now == old || now == new, "k={k}: half swapped: {now:#?}");
+                    assert_eq!(
+                        mariadb_scalar(&db, &leftovers).await,
+                        0,
+                        "k={k}: scratch databases left"
+                    );
+                }
+                After::Completed => assert_eq!(now, new),
+            }
+        },
+    )
+    .await;
+    let points = said.len();
     assert!(points >= 15, "only {points} crash points in the swap");
     // Only a crash after the swap's last statement leaves nothing to do.
+    let silent: Vec<usize> = said
+        .iter()
+        .enumerate()
+        .filter(|(_, said)| !said.contains("an interrupted restore into shop was"))
+        .map(|(i, _)| i + 1)
+        .collect();
     assert_eq!(silent, [points], "crashes the next command did not report");
 }
 
+/// When a [`crash_every_step`] check runs.
+#[derive(Clone, Copy, Debug)]
+enum After {
+    /// The restore was just killed.
+    Killed,
+    /// The next command (`backup create`) ran after the kill.
+    Recovered,
+    /// The restore ran to its end: k was past the last crash point.
+    Completed,
+}
+
 /// Runs `drhost backup restore ID --to TO` killed at crash point `point:k`
-/// for k = 1, 2, … until it completes; after each kill, `check` sees the
-/// target (it must be whole, old or new) and the next `backup create` of it
-/// must succeed. Returns how many crash points there were.
+/// for k = 1, 2, … until it completes; `check` sees the target after each
+/// kill, after the next `backup create` of it (which must succeed), and at
+/// the end. Returns what each of those `backup create`s said (stderr), one
+/// per crash point.
 async fn crash_every_step(
     s: &Setup,
     id: &str,
     to: &str,
     point: &str,
     mut reset: impl AsyncFnMut(),
-    mut check: impl AsyncFnMut(usize),
-) -> usize {
+    mut check: impl AsyncFnMut(usize, After),
+) -> Vec<String> {
     use std::os::unix::process::ExitStatusExt;
     let drhost = |args: &[&str], crash: Option<String>| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_drhost"));
@@ -2098,6 +2087,7 @@ async fn crash_every_step(
         }
         cmd.output()
     };
+    let mut said = Vec::new();
     for k in 1..100 {
         reset().await;
         let out = drhost(
@@ -2107,8 +2097,8 @@ async fn crash_every_step(
         .await
         .unwrap();
         if out.status.success() {
-            check(k).await;
-            return k - 1;
+            check(k, After::Completed).await;
+            return said;
         }
         assert_eq!(
             out.status.signal(),
@@ -2116,14 +2106,12 @@ async fn crash_every_step(
             "k={k}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        check(k).await;
+        check(k, After::Killed).await;
         let next = drhost(&["backup", "create", to], None).await.unwrap();
-        assert!(
-            next.status.success(),
-            "k={k}: {}",
-            String::from_utf8_lossy(&next.stderr)
-        );
-        check(k).await;
+        let next_said = String::from_utf8_lossy(&next.stderr).into_owned();
+        assert!(next.status.success(), "k={k}: {next_said}");
+        check(k, After::Recovered).await;
+        said.push(next_said);
     }
     panic!("the restore never completed");
 }
@@ -2155,7 +2143,7 @@ async fn a_postgres_restore_killed_at_any_step_of_its_swap_leaves_the_target_who
             let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
             c.execute("DELETE FROM items WHERE id > 100").await.unwrap();
         },
-        async |k| {
+        async |k, _| {
             // Whole: the backup's 300 rows or production's 100, never none.
             let n = pg_scalar(&url, "SELECT COUNT(*) FROM items").await;
             assert!(n == 300 || n == 100, "k={k}: {n} rows");
@@ -2165,7 +2153,8 @@ async fn a_postgres_restore_killed_at_any_step_of_its_swap_leaves_the_target_who
             );
         },
     )
-    .await;
+    .await
+    .len();
     assert!(points >= 3, "{points} crash points");
     assert_eq!(
         pg_scalar(
@@ -2202,13 +2191,14 @@ async fn a_sqlite_restore_killed_at_any_step_of_its_swap_leaves_the_file_whole()
         async || {
             sqlite3(&db, "DELETE FROM users WHERE id > 100");
         },
-        async |k| {
+        async |k, _| {
             assert_eq!(sqlite3(&db, "PRAGMA integrity_check"), "ok", "k={k}");
             let n = sqlite3(&db, "SELECT COUNT(*) FROM users");
             assert!(n == "300" || n == "100", "k={k}: {n} users");
         },
     )
-    .await;
+    .await
+    .len();
     assert!(points >= 2, "{points} crash points");
     let staged: Vec<_> = std::fs::read_dir(s.dir.path())
         .unwrap()

@@ -23,6 +23,7 @@ use crate::caps::s3::{Backend, BackendError, ObjectMeta, local, remote};
 use config::Config;
 use engine::{Engine, EngineError};
 use manifest::Manifest;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
@@ -150,12 +151,13 @@ impl Store {
         Ok(m)
     }
 
-    /// A manifest's signature, `None` when there is none.
+    /// A manifest's signature, `None` when there is none (one request).
     async fn read_signature(&self, key: &str) -> Result<Option<Vec<u8>>, BackupError> {
-        if self.backend.head(key).await.map_err(self.err())?.is_none() {
-            return Ok(None);
-        }
-        let (_, mut reader) = self.backend.open(key, None).await.map_err(self.err())?;
+        let mut reader = match self.backend.open(key, None).await {
+            Ok((_, reader)) => reader,
+            Err(BackendError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(self.err()(e)),
+        };
         let mut bytes = Vec::new();
         (&mut reader)
             .take(64 << 10)
@@ -165,6 +167,18 @@ impl Store {
                 BackupError::Failed(format!("target {}: reading {key}: {e}", self.name))
             })?;
         Ok(Some(bytes))
+    }
+
+    /// Every key the manifests of `source` account for: each manifest, its
+    /// signature and its object. Anything else under `source/` is an orphan.
+    pub fn named_keys(&self, source: &str, manifests: &[Manifest]) -> BTreeSet<String> {
+        manifests
+            .iter()
+            .flat_map(|m| {
+                let key = self.key(&Manifest::key(source, &m.id));
+                [self.key(&m.object), signing::signature_key(&key), key]
+            })
+            .collect()
     }
 
     /// The manifest of `id` (or the newest when `id` is "latest").
@@ -378,13 +392,7 @@ impl Backups {
                         // An object no manifest names: a backup interrupted
                         // (or running), or one whose manifest was deleted.
                         if unreadable.is_empty() {
-                            let named: std::collections::BTreeSet<String> = manifests
-                                .iter()
-                                .flat_map(|m| {
-                                    let key = store.key(&Manifest::key(s, &m.id));
-                                    [store.key(&m.object), signing::signature_key(&key), key]
-                                })
-                                .collect();
+                            let named = store.named_keys(s, &manifests);
                             orphans.extend(objects.iter().filter(|o| !named.contains(&o.key)).map(
                                 |o| format!("target {}: {} has no manifest", store.name, o.key),
                             ));

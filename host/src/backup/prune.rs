@@ -244,16 +244,7 @@ async fn prune_orphans(
     dry_run: bool,
 ) -> Result<Vec<Pruned>, BackupError> {
     let mut deleted = Vec::new();
-    let referenced: std::collections::BTreeSet<String> = manifests
-        .iter()
-        .flat_map(|m| {
-            let manifest = store.key(&Manifest::key(source, &m.id));
-            [
-                store.key(&m.object),
-                super::signing::signature_key(&manifest),
-            ]
-        })
-        .collect();
+    let referenced = store.named_keys(source, manifests);
     let horizon = now - chrono::Duration::hours(ORPHAN_AGE_HOURS);
     for obj in objects {
         let modified = chrono::DateTime::from_timestamp_millis(

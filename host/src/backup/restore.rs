@@ -109,7 +109,7 @@ impl Backups {
             )));
         }
         let (store, full, chain) = self
-            .plan_restore(source, id, from, stop.as_ref(), resume.is_some())
+            .plan_restore(source, id, from, stop.as_ref(), resume.is_some(), &[])
             .await?;
         let target: Engine = self.engine(to)?;
         if target.kind() != full.source_kind {
@@ -161,7 +161,7 @@ impl Backups {
             let next = match from {
                 Some(_) => None,
                 None => self
-                    .plan_restore_skipping(
+                    .plan_restore(
                         source,
                         &full.id,
                         None,
@@ -285,21 +285,9 @@ impl Backups {
         }
     }
 
-    /// Chooses the target, the full backup and the incrementals to replay.
+    /// Chooses the target (the first holding the backup, leaving out those
+    /// in `skip`), the full backup and the incrementals to replay.
     async fn plan_restore(
-        &self,
-        source: &str,
-        id: &str,
-        from: Option<&str>,
-        stop: Option<&Stop>,
-        to_the_end: bool,
-    ) -> Result<(&Store, Manifest, Vec<Manifest>), BackupError> {
-        self.plan_restore_skipping(source, id, from, stop, to_the_end, &[])
-            .await
-    }
-
-    /// [`Self::plan_restore`], leaving out the targets in `skip`.
-    async fn plan_restore_skipping(
         &self,
         source: &str,
         id: &str,
