@@ -6,7 +6,12 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-work="$root/target/test-services"
+# Each run's services in a folder of its own (runs side by side never share
+# a server's data directory); folders of runs that are gone are removed.
+for stale in "$root"/target/test-services/run-*; do
+    if [ -d "$stale" ] && ! kill -0 "${stale##*-}" 2>/dev/null; then rm -rf "$stale"; fi
+done
+work="$root/target/test-services/run-$$"
 mkdir -p "$work"
 
 say() { printf '\n== %s\n' "$*"; }
@@ -59,18 +64,19 @@ if ! psql -h 127.0.0.1 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; then
 fi
 
 # Databases earlier runs' tests created (uniquely named, so they never collide,
-# but they would pile up on the shared servers).
-for d in $(mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'drhost\\_bk\\_%'"); do
+# but they would pile up on the shared servers). DRHOST_TEST_KEEP_DBS=1 skips
+# this, for a run beside another one still using its databases.
+[ "${DRHOST_TEST_KEEP_DBS:-}" = 1 ] || for d in $(mariadb -h 127.0.0.1 -u root -N -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'drhost\\_bk\\_%'"); do
     mariadb -h 127.0.0.1 -u root -e "DROP DATABASE \`$d\`"
 done
-for d in $(psql -h 127.0.0.1 -U postgres -d test -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'drhost\\_bk\\_%' OR datname LIKE 'drhost\\_st\\_%'"); do
+[ "${DRHOST_TEST_KEEP_DBS:-}" = 1 ] || for d in $(psql -h 127.0.0.1 -U postgres -d test -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'drhost\\_bk\\_%' OR datname LIKE 'drhost\\_st\\_%'"); do
     psql -h 127.0.0.1 -U postgres -d test -q -c "DROP DATABASE \"$d\" WITH (FORCE)"
 done
 
 # Private MariaDB servers, each with its own data directory and a free port:
 # the shared server's configuration stays as it is.
 pids=("$moto_pid")
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # start_mariadb NAME PORT [mariadbd options…]
 start_mariadb() {

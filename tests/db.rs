@@ -516,3 +516,72 @@ async fn results_over_the_row_cap_are_refused() {
         "{err}"
     );
 }
+
+/// `url` with query parameters added.
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// PostgreSQL's TLS is ended in the relay (so it can read message headers)
+/// and means what the URL's sslmode says: encrypted when asked for, the
+/// certificate chain checked for verify-ca, the host name too for
+/// verify-full. The test server is Debian's, with `ssl = on` and the
+/// snakeoil certificate (self-signed, for `localhost`).
+#[tokio::test]
+async fn postgres_tls_is_the_relays_and_checks_what_sslmode_says() {
+    let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let dir = tempfile::tempdir().unwrap();
+    let encrypted = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let url = postgres_url();
+    let localhost = url.replace("127.0.0.1", "localhost");
+    // Each connects and reports whether its session is encrypted.
+    for (what, url, tls) in [
+        ("prefer (the default)", url.clone(), "bool:true"),
+        ("require", with_params(&url, "sslmode=require"), "bool:true"),
+        (
+            "disable",
+            with_params(&url, "sslmode=disable"),
+            "bool:false",
+        ),
+        (
+            "verify-ca with the server's root",
+            with_params(&url, &format!("sslmode=verify-ca&sslrootcert={snakeoil}")),
+            "bool:true",
+        ),
+        (
+            "verify-full to the certificate's name",
+            with_params(
+                &localhost,
+                &format!("sslmode=verify-full&sslrootcert={snakeoil}"),
+            ),
+            "bool:true",
+        ),
+    ] {
+        let caps = caps(&grant("main", &url, "read-write"), dir.path()).await;
+        let rows = ok(&caps, "db.query", &[("conn", "main"), ("sql", encrypted)]).await;
+        assert_eq!(get(&rows, "row"), Some(tls), "{what}");
+    }
+    // Refused: a name the certificate does not carry, a root nobody trusts.
+    for (what, url, why) in [
+        (
+            "verify-full to an address the certificate does not name",
+            with_params(&url, &format!("sslmode=verify-full&sslrootcert={snakeoil}")),
+            "not valid for name \"127.0.0.1\"",
+        ),
+        (
+            "verify-ca without the server's root",
+            with_params(&url, "sslmode=verify-ca"),
+            "UnknownIssuer",
+        ),
+        (
+            "a root file that is not there",
+            with_params(&url, "sslmode=verify-ca&sslrootcert=/nonexistent/root.pem"),
+            "/nonexistent/root.pem",
+        ),
+    ] {
+        let caps = caps(&grant("main", &url, "read-write"), dir.path()).await;
+        let e = failed(&caps, "db.query", &[("conn", "main"), ("sql", "SELECT 1")]).await;
+        assert!(e.contains(why), "{what}: {e}");
+    }
+}

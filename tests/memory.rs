@@ -1,5 +1,6 @@
 //! The host's memory stays bounded whatever a plugin's query returns: one
-//! huge value on each engine (a 400 MB PostgreSQL `repeat`, a 300 MB
+//! huge value on each engine (a 400 MB PostgreSQL `repeat`, in plaintext
+//! and over TLS, a 300 MB
 //! MariaDB row of BLOB columns, an 800 MB SQLite `zeroblob`) is refused
 //! before the host holds it, and the host's peak resident memory grows by
 //! far less than the value.
@@ -41,19 +42,23 @@ async fn host_memory_stays_bounded_whatever_a_query_returns() {
     let lite = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
     let policy = format!(
         "[db.my]\nurl = \"{}\"\naccess = \"read-write\"\n\
-         [db.pg]\nurl = \"{}\"\naccess = \"read-write\"\n\
+         [db.pg]\nurl = \"{}?sslmode=disable\"\naccess = \"read-write\"\n\
+         [db.pgtls]\nurl = \"{}?sslmode=require\"\naccess = \"read-write\"\n\
          [db.lite]\nurl = \"{lite}\"\naccess = \"read-write\"\n",
         mariadb_url(),
+        postgres_url(),
         postgres_url()
     );
     let caps = caps(&policy, dir.path()).await;
     // Connected and warmed up: what follows is the huge answers alone.
-    for conn in ["my", "pg", "lite"] {
+    for conn in ["my", "pg", "pgtls", "lite"] {
         ok(&caps, "db.query", &[("conn", conn), ("sql", "SELECT 1")]).await;
     }
     let twenty = vec!["b"; 20].join(", ");
     let huge = [
         ("pg", "SELECT repeat('x', 400000000)".to_string()),
+        // Inside TLS too: the relay ends it and reads the headers.
+        ("pgtls", "SELECT repeat('x', 400000000)".to_string()),
         ("my", format!("SELECT {twenty} FROM {table}")),
         ("lite", "SELECT zeroblob(800000000)".to_string()),
     ];
@@ -72,7 +77,7 @@ async fn host_memory_stays_bounded_whatever_a_query_returns() {
         );
     }
     // The connections still work after the cut: the pool replaces the closed one.
-    for conn in ["my", "pg"] {
+    for conn in ["my", "pg", "pgtls"] {
         ok(&caps, "db.query", &[("conn", conn), ("sql", "SELECT 1")]).await;
     }
     my.execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))

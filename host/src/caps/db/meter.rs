@@ -17,14 +17,11 @@
 //! connection before a header announcing more than the allowance reaches the
 //! driver. (MariaDB sends at most 16 MiB per packet: counting bounds it.)
 //!
-//! TLS passes through the relay, and the driver still checks the server's
-//! certificate against the URL's host name (only the transport changes).
-//! Inside TLS the relay only counts (encrypted bytes, a few percent more than
-//! the plain ones): there a PostgreSQL header announcing a huge value still
-//! reaches the driver. To a server on loopback or a Unix socket, where TLS
-//! protects nothing, drhost therefore speaks plaintext when the URL allows
-//! it (`sslmode` prefer or allow, the default); docs/security.md names the
-//! limit for TLS connections.
+//! TLS: MariaDB's passes through the relay (the driver checks the
+//! certificate; counting works on encrypted bytes too). PostgreSQL's is
+//! ended in the relay ([`super::tls`]), because headers inside TLS cannot be
+//! read: the relay asks the server for TLS and checks its certificate as
+//! the URL's `sslmode` says, and the driver speaks plaintext to the relay.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +29,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
+
+use super::tls::{Insist, PgTls};
 
 /// Where the server really is.
 #[derive(Debug, Clone)]
@@ -41,51 +40,40 @@ pub enum Upstream {
 }
 
 /// What the relay knows of the protocol it carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Protocol {
-    /// Bytes only (MariaDB).
+    /// Bytes only (MariaDB; its TLS, if any, passes through).
     Opaque,
-    /// PostgreSQL: message headers are checked too.
-    Postgres,
+    /// PostgreSQL: message headers are checked too, and TLS to the server,
+    /// if the URL asks for it, is the relay's.
+    Postgres(Option<PgTls>),
 }
 
-/// PostgreSQL's `SSLRequest`: a driver that wants TLS sends it first, and the
+/// PostgreSQL's `SSLRequest`: a client that wants TLS sends it first, and the
 /// server answers with one byte, `S` (TLS follows) or `N`.
 const PG_SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
-/// Where the relay is in PostgreSQL's stream of server messages.
+/// Where the relay is in PostgreSQL's stream of server messages (always
+/// plaintext here: TLS, if any, was ended before).
 #[derive(Debug, PartialEq, Eq)]
 enum PgState {
-    /// Nothing from the server yet.
-    Start,
     /// Inside a message header (type byte and 4-byte length): its bytes so far.
     Header(Vec<u8>),
     /// Inside a message body: bytes left.
     Body(u64),
-    /// Inside TLS: nothing to read, bytes are only counted.
-    Opaque,
 }
 
 impl PgState {
+    fn new() -> PgState {
+        PgState::Header(Vec::new())
+    }
+
     /// Follows `chunk` from the server; `Err(announced)` when a message
     /// announces a body larger than `allowance`.
-    fn follow(&mut self, chunk: &[u8], ssl_requested: bool, allowance: u64) -> Result<(), u64> {
+    fn follow(&mut self, chunk: &[u8], allowance: u64) -> Result<(), u64> {
         let mut rest = chunk;
         while !rest.is_empty() {
             match self {
-                PgState::Opaque => return Ok(()),
-                PgState::Start => {
-                    if ssl_requested {
-                        *self = if rest[0] == b'S' {
-                            PgState::Opaque
-                        } else {
-                            PgState::Header(Vec::new())
-                        };
-                        rest = &rest[1..];
-                    } else {
-                        *self = PgState::Header(Vec::new());
-                    }
-                }
                 PgState::Header(h) => {
                     let take = (5 - h.len()).min(rest.len());
                     h.extend_from_slice(&rest[..take]);
@@ -150,10 +138,11 @@ impl Meter {
             async move {
                 while let Ok((client, _)) = listener.accept().await {
                     let upstream = upstream.clone();
+                    let protocol = protocol.clone();
                     let cuts = Arc::clone(&cuts);
                     let last_error = Arc::clone(&last_error);
                     tokio::spawn(async move {
-                        let server = match connect(&upstream).await {
+                        let server = match connect(&upstream, &protocol).await {
                             Ok(s) => s,
                             Err(e) => {
                                 // Recorded before the driver's side closes, so
@@ -165,7 +154,8 @@ impl Meter {
                                 return;
                             }
                         };
-                        if let Err(e) = relay(client, server, protocol, allowance, &cuts).await {
+                        let pg = matches!(protocol, Protocol::Postgres(_));
+                        if let Err(e) = relay(client, server, pg, allowance, &cuts).await {
                             tracing::debug!("database relay: {e}");
                         }
                     });
@@ -201,49 +191,90 @@ type Halves = (
     Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
 );
 
-async fn connect(upstream: &Upstream) -> io::Result<Halves> {
-    Ok(match upstream {
+async fn connect(upstream: &Upstream, protocol: &Protocol) -> io::Result<Halves> {
+    let tls = match protocol {
+        Protocol::Postgres(Some(tls)) => Some(tls),
+        _ => None,
+    };
+    match upstream {
         Upstream::Tcp(host, port) => {
             let s = TcpStream::connect((host.as_str(), *port))
                 .await
                 .map_err(|e| io::Error::new(e.kind(), format!("{host}:{port}: {e}")))?;
             s.set_nodelay(true)?;
-            let (r, w) = s.into_split();
-            (Box::new(r), Box::new(w))
+            match tls {
+                Some(tls) => pg_tls(s, tls).await,
+                None => {
+                    let (r, w) = s.into_split();
+                    Ok((Box::new(r), Box::new(w)))
+                }
+            }
         }
         Upstream::Unix(path) => {
             let s = UnixStream::connect(path)
                 .await
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            let (r, w) = s.into_split();
-            (Box::new(r), Box::new(w))
+            match tls {
+                Some(tls) => pg_tls(s, tls).await,
+                None => {
+                    let (r, w) = s.into_split();
+                    Ok((Box::new(r), Box::new(w)))
+                }
+            }
         }
-    })
+    }
+}
+
+/// Asks a PostgreSQL server for TLS (`SSLRequest`) and does the handshake,
+/// checking the certificate as `tls` says; plaintext if the server refuses
+/// and the mode allows it.
+async fn pg_tls<S>(mut s: S, tls: &PgTls) -> io::Result<Halves>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    s.write_all(&PG_SSL_REQUEST).await?;
+    // One byte only: anything the server sent after it must be TLS, so a
+    // plaintext answer injected before the handshake fails it.
+    let mut answer = [0u8];
+    s.read_exact(&mut answer).await?;
+    match (answer[0], tls.insist) {
+        (b'S', _) => {
+            let stream = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config))
+                .connect(tls.server_name.clone(), s)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS: {e}")))?;
+            let (r, w) = tokio::io::split(stream);
+            Ok((Box::new(r), Box::new(w)))
+        }
+        (b'N', Insist::Prefer) => {
+            let (r, w) = tokio::io::split(s);
+            Ok((Box::new(r), Box::new(w)))
+        }
+        (b'N', Insist::Require) => Err(io::Error::other(
+            "the server does not support TLS, which the URL's sslmode requires",
+        )),
+        (other, _) => Err(io::Error::other(format!(
+            "unexpected answer 0x{other:02x} to a TLS request"
+        ))),
+    }
 }
 
 async fn relay(
     client: UnixStream,
     (mut server_r, mut server_w): Halves,
-    protocol: Protocol,
+    postgres: bool,
     allowance: u64,
     cuts: &AtomicU64,
 ) -> io::Result<()> {
     let (mut client_r, mut client_w) = client.into_split();
     // Bytes the server has sent since the driver last wrote: one answer.
     let answered = AtomicU64::new(0);
-    // Set before the driver's first bytes go on, so before any answer.
-    let ssl_requested = std::sync::atomic::AtomicBool::new(false);
     let requests = async {
         let mut buf = vec![0u8; CHUNK];
-        let mut first = true;
         loop {
             let n = client_r.read(&mut buf).await?;
             if n == 0 {
                 return server_w.shutdown().await;
-            }
-            if first {
-                ssl_requested.store(buf[..n].starts_with(&PG_SSL_REQUEST), Ordering::SeqCst);
-                first = false;
             }
             answered.store(0, Ordering::SeqCst);
             server_w.write_all(&buf[..n]).await?;
@@ -251,18 +282,17 @@ async fn relay(
     };
     let answers = async {
         let mut buf = vec![0u8; CHUNK];
-        let mut pg = PgState::Start;
+        let mut pg = PgState::new();
         loop {
             let n = server_r.read(&mut buf).await?;
             if n == 0 {
                 return client_w.shutdown().await;
             }
             let total = answered.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
-            let announced = match protocol {
-                Protocol::Postgres => pg
-                    .follow(&buf[..n], ssl_requested.load(Ordering::SeqCst), allowance)
-                    .err(),
-                Protocol::Opaque => None,
+            let announced = if postgres {
+                pg.follow(&buf[..n], allowance).err()
+            } else {
+                None
             };
             if total > allowance || announced.is_some() {
                 cuts.fetch_add(1, Ordering::SeqCst);
@@ -334,29 +364,16 @@ mod tests {
         stream.extend(pg_message(b'D', 100));
         stream.extend(pg_message(b'D', 5000)); // over an allowance of 1000
         for split in 1..stream.len() {
-            let mut pg = PgState::Start;
+            let mut pg = PgState::new();
             let r = pg
-                .follow(&stream[..split], false, 1000)
-                .and_then(|()| pg.follow(&stream[split..], false, 1000));
+                .follow(&stream[..split], 1000)
+                .and_then(|()| pg.follow(&stream[split..], 1000));
             assert_eq!(r, Err(5000), "split at {split}");
         }
         // Within the allowance, any number of messages pass.
-        let mut pg = PgState::Start;
+        let mut pg = PgState::new();
         let many: Vec<u8> = (0..100).flat_map(|_| pg_message(b'D', 900)).collect();
-        assert_eq!(pg.follow(&many, false, 1000), Ok(()));
-    }
-
-    #[test]
-    fn after_tls_is_accepted_postgres_bytes_are_only_counted() {
-        let mut pg = PgState::Start;
-        // 'S', then TLS records that look like nothing in particular.
-        assert_eq!(pg.follow(b"S\x16\x03\x03\xff\xff", true, 10), Ok(()));
-        assert_eq!(pg, PgState::Opaque);
-        // 'N': plain messages follow, and are read.
-        let mut pg = PgState::Start;
-        let mut refused = vec![b'N'];
-        refused.extend(pg_message(b'E', 50));
-        assert_eq!(pg.follow(&refused, true, 10), Err(50));
+        assert_eq!(pg.follow(&many, 1000), Ok(()));
     }
 
     #[tokio::test]
@@ -395,6 +412,63 @@ mod tests {
         let _ = c.read_to_end(&mut got).await;
         assert!(got.len() <= 1 << 20, "{} bytes got through", got.len());
         assert_eq!(cuts.load(Ordering::SeqCst), 1);
+    }
+
+    /// A server that answers a TLS request with `answer`, then echoes.
+    async fn refusing_tls(answer: u8) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 8];
+                    if s.read_exact(&mut req).await.is_err() || req != PG_SSL_REQUEST {
+                        return;
+                    }
+                    let _ = s.write_all(&[answer]).await;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&pg_message(b'Z', n)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn pg_meter(port: u16, mode: sqlx::postgres::PgSslMode) -> Meter {
+        let tls = PgTls::new(mode, "127.0.0.1", &super::super::tls::TlsFiles::default()).unwrap();
+        Meter::start(
+            Upstream::Tcp("127.0.0.1".into(), port),
+            Protocol::Postgres(tls),
+            "s",
+            1 << 20,
+            Arc::new(AtomicU64::new(0)),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_server_refusing_tls_is_refused_when_required_and_spoken_to_in_plaintext_when_preferred()
+     {
+        use sqlx::postgres::PgSslMode;
+        let port = refusing_tls(b'N').await;
+        // prefer: plaintext goes on (each answer: a 5-byte header and 1 byte).
+        let m = pg_meter(port, PgSslMode::Prefer);
+        ask(&m, 2, 6).await.unwrap();
+        // require: the relay closes, and says why.
+        let m = pg_meter(port, PgSslMode::Require);
+        assert!(ask(&m, 1, 6).await.is_err());
+        let why = m.last_error().expect("the relay says why");
+        assert!(why.contains("does not support TLS"), "{why}");
+        // Neither S nor N: a protocol error, named.
+        let port = refusing_tls(b'E').await;
+        let m = pg_meter(port, PgSslMode::Prefer);
+        assert!(ask(&m, 1, 6).await.is_err());
+        let why = m.last_error().expect("the relay says why");
+        assert!(why.contains("0x45"), "{why}");
     }
 
     #[tokio::test]

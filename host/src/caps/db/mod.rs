@@ -31,6 +31,7 @@
 //! See docs/security.md for what this guarantees and where it stops.
 
 mod meter;
+mod tls;
 
 use crate::bindings::CapError;
 use crate::bindings::drhost::plugin::db::{Column, Rows, Value};
@@ -995,28 +996,18 @@ impl Conn {
                     ),
                     None => meter::Upstream::Tcp(opts.get_host().to_string(), port),
                 };
-                // On loopback or a Unix socket TLS protects nothing, and
-                // prefer/allow accept plaintext anyway: plaintext lets the
-                // relay read message headers instead of only counting (see
-                // `meter`). Any other mode, or a remote host, keeps its TLS.
-                let local = match &upstream {
-                    meter::Upstream::Unix(_) => true,
-                    meter::Upstream::Tcp(host, _) => loopback(host),
-                };
-                let opts = if local
-                    && matches!(opts.get_ssl_mode(), PgSslMode::Prefer | PgSslMode::Allow)
-                {
-                    opts.ssl_mode(PgSslMode::Disable)
-                } else {
-                    opts
-                };
+                // TLS is the relay's (it must read the message headers), with
+                // the URL's sslmode and certificates; the driver speaks
+                // plaintext to it on a private socket.
+                let files = tls::TlsFiles::from_url(&url, |v| std::env::var(v).ok());
+                let tls = tls::PgTls::new(opts.get_ssl_mode(), opts.get_host(), &files)
+                    .map_err(|e| format!("[db.{name}]: {e}"))?;
                 let relay = self.meter(
                     upstream,
-                    meter::Protocol::Postgres,
+                    meter::Protocol::Postgres(tls),
                     &format!(".s.PGSQL.{port}"),
                 )?;
-                // Only the transport changes: TLS still checks the URL's host.
-                let opts = opts.socket(&relay);
+                let opts = opts.socket(&relay).ssl_mode(PgSslMode::Disable);
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(CONNECT_TIMEOUT)
@@ -1108,16 +1099,6 @@ impl Conn {
             .unwrap_or(driver);
         format!("[db.{}]: cannot connect: {why}", self.name)
     }
-}
-
-/// `localhost` or a loopback address.
-fn loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn scrub_secret(msg: &str, url: &str) -> String {
