@@ -591,27 +591,53 @@ impl NetPolicy {
     }
 }
 
-/// A duration written as "30s", "2m", "1h" or "500ms".
+/// A duration written as "30s", "2m", "1h", "2w", "500ms", a sum of those
+/// ("1m30s", "1h 15m"), or a bare number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationText(pub std::time::Duration);
 
 impl DurationText {
     pub fn parse(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\" or \"2m\""))?;
-        let d = match unit.trim() {
-            "ms" => std::time::Duration::from_millis(n),
-            "s" | "" => std::time::Duration::from_secs(n),
-            "m" | "min" => std::time::Duration::from_secs(n * 60),
-            "h" => std::time::Duration::from_secs(n * 3600),
-            "d" => std::time::Duration::from_secs(n * 86_400),
-            other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
-        };
-        Ok(DurationText(d))
+        let invalid =
+            || format!("invalid duration {s:?}: expected e.g. \"30s\", \"2m\" or \"1m30s\"");
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            return t
+                .parse()
+                .map(|n| DurationText(std::time::Duration::from_secs(n)))
+                .map_err(|_| invalid());
+        }
+        let mut rest = t;
+        let mut ms: u64 = 0;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let n: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+            rest = &rest[digits..];
+            let letters = rest
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(rest.len());
+            let per: u64 = match &rest[..letters] {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" | "min" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                "w" => 604_800_000,
+                "" => return Err(invalid()),
+                other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+            };
+            rest = rest[letters..].trim_start();
+            ms = n
+                .checked_mul(per)
+                .and_then(|v| ms.checked_add(v))
+                .ok_or_else(|| format!("duration {s:?} is too long"))?;
+        }
+        if t.is_empty() {
+            return Err(invalid());
+        }
+        Ok(DurationText(std::time::Duration::from_millis(ms)))
     }
 }
 
@@ -1088,6 +1114,23 @@ fn check_name(table: &str, name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_are_sums_of_units_and_never_overflow() {
+        use super::DurationText;
+        let secs = |t: &str| DurationText::parse(t).map(|d| d.0.as_millis());
+        assert_eq!(secs("30"), Ok(30_000));
+        assert_eq!(secs("500ms"), Ok(500));
+        assert_eq!(secs("1m30s"), Ok(90_000));
+        assert_eq!(secs("1h 15m"), Ok(4_500_000));
+        assert_eq!(secs("2w"), Ok(1_209_600_000));
+        assert_eq!(secs("1d12h"), Ok(129_600_000));
+        for bad in ["", "s", "1x", "1m30", "m1", "-1s", "1.5h"] {
+            assert!(DurationText::parse(bad).is_err(), "{bad:?}");
+        }
+        let e = DurationText::parse("99999999999999999w").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -200,7 +200,13 @@ impl Timetable {
         let tz = tz.parse::<chrono_tz::Tz>().map_err(|_| {
             format!("unknown time zone {tz:?} (an IANA name such as \"UTC\" or \"Europe/Berlin\")")
         })?;
-        Ok(Timetable { cron, tz })
+        let table = Timetable { cron, tz };
+        // croner gives up after some years of searching: a date that never
+        // comes (`0 0 30 2 *`) is refused now, not silently never run.
+        if table.next_after(Utc::now()).is_none() {
+            return Err(format!("cron expression {expr:?} never occurs"));
+        }
+        Ok(table)
     }
 
     /// The first occurrence strictly after `t`.
@@ -362,6 +368,8 @@ mod tests {
         );
         assert!(Timetable::new("0 2 * * *", "Mars/Base").is_err());
         assert!(Timetable::new("61 * * * *", "UTC").is_err());
+        let never = Timetable::new("0 0 30 2 *", "UTC").unwrap_err();
+        assert!(never.contains("never occurs"), "{never}");
     }
 
     #[test]
