@@ -211,18 +211,30 @@ enum AuditCommand {
     Show { file: PathBuf },
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DRHOST_LOG")
-                // sqlx warns about any statement over 1 s; counting or checking
-                // a large table during verification takes longer by design.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::query=error")),
-        )
+/// Log lines on stderr: timestamped (UTC), coloured only on a terminal
+/// without `NO_COLOR`, one JSON object a line with `DRHOST_LOG_FORMAT=json`
+/// (for daemons and log collectors); `DRHOST_LOG` filters, as `RUST_LOG`.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DRHOST_LOG")
+        // sqlx warns about any statement over 1 s; counting or checking
+        // a large table during verification takes longer by design.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::query=error"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    if std::env::var("DRHOST_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        fmt.json().with_current_span(true).init();
+    } else {
+        let colour = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        fmt.with_ansi(colour).init();
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
