@@ -1374,3 +1374,37 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A credential the file names but the host lacks stops `drhost serve` at
+/// start (exit 2, naming it), not at the first job that needs it.
+#[test]
+fn serve_refuses_to_start_without_a_named_secret_or_the_identity_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let age_key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    for (config, named) in [
+        (
+            "[sources.shop]\nkind = \"mariadb\"\nurl = \"env:DRHOST_TEST_SURELY_UNSET_SHOP\"\n"
+                .to_string(),
+            "[sources.shop] url: environment variable DRHOST_TEST_SURELY_UNSET_SHOP is not set",
+        ),
+        (
+            "[keys]\nidentity = \"missing-identity.txt\"\n".to_string(),
+            "[keys] identity",
+        ),
+    ] {
+        let text = format!(
+            "[keys]\nrecipients = [\"{age_key}\"]\n{}[targets.local]\npath = \"b\"\n",
+            config.replace("[keys]\n", "")
+        );
+        std::fs::write(dir.path().join("drhost.toml"), text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_drhost"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(dir.path().join("drhost.toml"))
+            .env("DRHOST_STATE_DIR", dir.path().join("state"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(named), "{err}");
+    }
+}

@@ -44,6 +44,9 @@ pub async fn serve(
         print!("{}", schedule_listing(&config)?);
         return Ok(0);
     }
+    config
+        .check_secrets()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let host = serve::host_id();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let daemon = Daemon::new(config, state_dir, clock, host.clone()).await?;

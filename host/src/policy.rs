@@ -696,6 +696,11 @@ impl Secret {
         }
     }
 
+    /// Whether it is read from the environment (`env:NAME`).
+    pub fn is_env(&self) -> bool {
+        self.0.starts_with("env:")
+    }
+
     /// How to describe it without revealing it.
     pub fn describe(&self) -> String {
         match self.0.strip_prefix("env:") {

@@ -347,6 +347,55 @@ impl Config {
     pub fn resolve(&self, p: &Path) -> PathBuf {
         self.base.join(p)
     }
+
+    /// Every credential the file names can be had now: each `env:` secret
+    /// is set and the identity file (when it is a path) can be read. A
+    /// daemon checks this at start, so a gap is not found by the first
+    /// restore test, hours later.
+    pub fn check_secrets(&self) -> Result<(), String> {
+        let mut named: Vec<(String, &Secret)> = Vec::new();
+        if let Some(s) = &self.state {
+            named.push(("state".into(), s));
+        }
+        if let Some(s) = &self.keys.signing_key {
+            named.push(("[keys] signing-key".into(), s));
+        }
+        for (name, src) in &self.sources {
+            for (key, s) in [
+                ("url", &src.url),
+                ("access-key-id", &src.access_key_id),
+                ("secret-access-key", &src.secret_access_key),
+            ] {
+                if let Some(s) = s {
+                    named.push((format!("[sources.{name}] {key}"), s));
+                }
+            }
+        }
+        for (name, t) in &self.targets {
+            for (key, s) in [
+                ("access-key-id", &t.access_key_id),
+                ("secret-access-key", &t.secret_access_key),
+            ] {
+                if let Some(s) = s {
+                    named.push((format!("[targets.{name}] {key}"), s));
+                }
+            }
+        }
+        for (what, secret) in named {
+            secret.resolve().map_err(|e| format!("{what}: {e}"))?;
+        }
+        if let Some(identity) = &self.keys.identity {
+            let value = identity
+                .resolve()
+                .map_err(|e| format!("[keys] identity: {e}"))?;
+            if !identity.is_env() {
+                let path = self.resolve(Path::new(&value));
+                std::fs::File::open(&path)
+                    .map_err(|e| format!("[keys] identity {}: {e}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_name(table: &str, name: &str) -> Result<(), String> {
@@ -379,6 +428,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.encryption, Encryption::None);
+    }
+
+    #[test]
+    fn every_named_secret_and_the_identity_file_are_checked_at_once() {
+        let text = format!(
+            "[keys]\nrecipients = [\"{KEY}\"]\nidentity = \"no-such-identity.txt\"\n\
+             [sources.shop]\nkind = \"mariadb\"\nurl = \"env:DRHOST_TEST_SURELY_UNSET_URL\"\n\
+             [targets.local]\npath = \"b\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::parse(&text, dir.path()).unwrap();
+        let e = c.check_secrets().unwrap_err();
+        assert!(
+            e.contains("[sources.shop] url") && e.contains("DRHOST_TEST_SURELY_UNSET_URL"),
+            "{e}"
+        );
+        let c = Config::parse(
+            &text.replace("env:DRHOST_TEST_SURELY_UNSET_URL", "mysql://h/db"),
+            dir.path(),
+        )
+        .unwrap();
+        let e = c.check_secrets().unwrap_err();
+        assert!(
+            e.contains("[keys] identity") && e.contains("no-such-identity.txt"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("no-such-identity.txt"), "AGE-SECRET-KEY-1").unwrap();
+        c.check_secrets().unwrap();
     }
 
     #[test]
