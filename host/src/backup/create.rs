@@ -85,6 +85,9 @@ impl Backups {
             tracing::warn!("an interrupted restore into {source} was {done}");
         }
         lock.release().await;
+        // Crash points from here to the last manifest: a kill at any of
+        // them must leave no manifest that claims more than its target holds.
+        crate::crash::point("backup-create");
         let clock = std::time::Instant::now();
         let id = manifest::new_id(started, kind);
         tracing::info!(source, %id, "backup started");
@@ -141,6 +144,7 @@ impl Backups {
                 }
                 stores = with_base;
                 let inc = m.incremental(&from, &self.work_dir()).await?;
+                crate::crash::point("backup-create");
                 (
                     inc.dump,
                     Some((base.id, from, inc.logs, inc.next)),
@@ -161,6 +165,7 @@ impl Backups {
                 backend.put_stream(&key, None, reader).await
             }));
         }
+        crate::crash::point("backup-create");
         let level = self.config.zstd_level;
         // The previous backup of this kind sizes the bar, so it can show an ETA.
         let estimate = if self.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -180,10 +185,12 @@ impl Backups {
             let sealed = pipeline::seal(reader, level, &recipients, fan);
             // The dump tool's verdict comes before the streams end: a failed
             // dump must abort the uploads, not complete them.
+            crate::crash::point("backup-create");
             match sealed {
                 Ok((sealed, fan)) => match (dump.finish)() {
                     Ok(facts) => fan
                         .finish()
+                        .inspect(|()| crate::crash::point("backup-create"))
                         .map(|()| (sealed, facts))
                         .map_err(|e| BackupError::Failed(format!("sending the last bytes: {e}"))),
                     Err(e) => Err(BackupError::Engine(e)),
@@ -209,6 +216,7 @@ impl Backups {
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(format!("upload task: {e}")),
             };
+            crate::crash::point("backup-create");
             results.push((store, r));
         }
         let (sealed, facts) = sealing?;
@@ -297,6 +305,7 @@ impl Backups {
             // The manifest goes last, and only where every byte arrived;
             // its signature just before it, so a manifest is never unsigned.
             let key = store.key(&Manifest::key(source, &id));
+            crate::crash::point("backup-create");
             let error = match upload_error {
                 Some(e) => Some(e),
                 None => match store
@@ -308,14 +317,18 @@ impl Backups {
                     .await
                 {
                     Err(e) => Some(format!("writing the manifest's signature: {e}")),
-                    Ok(_) => store
-                        .backend
-                        .put(&key, body.clone())
-                        .await
-                        .err()
-                        .map(|e| format!("writing the manifest: {e}")),
+                    Ok(_) => {
+                        crate::crash::point("backup-create");
+                        store
+                            .backend
+                            .put(&key, body.clone())
+                            .await
+                            .err()
+                            .map(|e| format!("writing the manifest: {e}"))
+                    }
                 },
             };
+            crate::crash::point("backup-create");
             if let Some(e) = &error {
                 tracing::warn!(target = %store.name, "backup {id} incomplete: {e}");
             }
@@ -334,6 +347,7 @@ impl Backups {
                 why.join("; ")
             )));
         }
+        crate::crash::point("backup-create");
         tracing::info!(source, %id, "backup finished");
         Ok(CreateReport {
             manifest,

@@ -120,6 +120,8 @@ impl FanOut {
         if self.buf.is_empty() {
             return Ok(());
         }
+        // One point per chunk: a backup killed after any number of them.
+        crate::crash::point("backup-create");
         let chunk = self.buf.split().freeze();
         for slot in &mut self.senders {
             if let Some(tx) = slot

@@ -82,6 +82,9 @@ impl Backups {
             )
             .await
             .map_err(store.err())?;
+        // Crash points between every deletion: a prune killed at any of
+        // them must leave whole chains and the newest verified full.
+        crate::crash::point("prune");
         report
             .deleted
             .extend(leftovers.into_iter().map(|key| Pruned {
@@ -132,16 +135,19 @@ impl Backups {
                 }
                 let key = store.key(&Manifest::key(source, &m.id));
                 store.backend.delete(&key).await.map_err(store.err())?;
+                crate::crash::point("prune");
                 store
                     .backend
                     .delete(&store.key(&m.object))
                     .await
                     .map_err(store.err())?;
+                crate::crash::point("prune");
                 store
                     .backend
                     .delete(&super::signing::signature_key(&key))
                     .await
                     .map_err(store.err())?;
+                crate::crash::point("prune");
             }
         }
         for (m, keep) in all.iter().zip(plan) {
@@ -259,6 +265,7 @@ async fn prune_orphans(
         }
         if !dry_run {
             store.backend.delete(&obj.key).await.map_err(store.err())?;
+            crate::crash::point("prune");
         }
         deleted.push(Pruned {
             target: store.name.clone(),

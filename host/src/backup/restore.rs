@@ -131,6 +131,9 @@ impl Backups {
         if let Some(done) = target.finish_interrupted(&mut lock).await? {
             tracing::warn!("an interrupted restore into {to} was {done}");
         }
+        // Crash points up to the swap: a kill at any of them must leave the
+        // target as it was (the swap has its own, `<engine>-swap`).
+        crate::crash::point("restore");
         // Staged and checked from the first target holding the backup; when
         // that copy cannot be read whole or does not check out, from the
         // next one (unless the caller named the target).
@@ -189,12 +192,14 @@ impl Backups {
         if let Some(g) = staging_file.take() {
             g.keep();
         }
+        crate::crash::point("restore");
         if let Err(e) = target.swap_in(&staged, &mut lock).await {
             if let Err(d) = target.discard(&staged).await {
                 tracing::warn!("removing the staging copy {staged}: {d}");
             }
             return Err(e.into());
         }
+        crate::crash::point("restore");
         lock.release().await;
         tracing::info!(id = %full.id, to, "restore finished");
         Ok(RestoreReport {
@@ -235,6 +240,7 @@ impl Backups {
             .await
             .map_err(|e| e.to_string())?;
         let staged = loaded.place.clone();
+        crate::crash::point("restore");
         // A restore dropped midway (a step cut at its budget) leaves no
         // staging file beside the target. (A staging database is replaced
         // by the next restore: its name is fixed.)
@@ -250,6 +256,7 @@ impl Backups {
                 .map_err(|e| e.to_string())?;
             ins.integrity.clone()?;
             same_tables(&ins, full)?;
+            crate::crash::point("restore");
             if chain.is_empty() {
                 return Ok(ins);
             }
@@ -271,6 +278,7 @@ impl Backups {
             }
             let ins = target.inspect(&staged).await.map_err(|e| e.to_string())?;
             ins.integrity.clone()?;
+            crate::crash::point("restore");
             Ok(ins)
         }
         .await;
@@ -426,6 +434,7 @@ impl Backups {
                 .await
                 .map_err(|e| e.to_string())?;
             check_loaded(&loaded, inc)?;
+            crate::crash::point("restore");
             let start = inc
                 .from_position
                 .as_deref()
@@ -434,7 +443,9 @@ impl Backups {
             engine
                 .replay(source_db, staged, &dir, &inc.logs, start, from_time, stop)
                 .await
-                .map_err(|e| format!("replaying {}: {e}", inc.id))
+                .map_err(|e| format!("replaying {}: {e}", inc.id))?;
+            crate::crash::point("restore");
+            Ok(())
         }
         .await;
         let _ = std::fs::remove_dir_all(&dir);

@@ -231,7 +231,7 @@ impl Engine {
                 let server = Server::parse(&url)
                     .map_err(|e| EngineError::Config(format!("[sources.{name}] url: {e}")))?;
                 if source.kind == SourceKind::Mariadb {
-                    Engine::Mariadb(mariadb::Mariadb::new(server))
+                    Engine::Mariadb(mariadb::Mariadb::new(server, work))
                 } else {
                     Engine::Postgres(postgres::Postgres::new(server))
                 }

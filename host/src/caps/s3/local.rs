@@ -318,7 +318,11 @@ impl LocalBucket {
             let mut f = root.create(&tmp)?;
             f.write_all(body)?;
             f.sync_all()?;
-            root.rename(&tmp, root, rel)
+            // A write killed before or after it lands (crash tests).
+            crate::crash::point("upload");
+            root.rename(&tmp, root, rel)?;
+            crate::crash::point("upload");
+            Ok(())
         })();
         if let Err(e) = result {
             let _ = root.remove_file(&tmp);
@@ -447,7 +451,9 @@ impl Backend for LocalBucket {
                     }
                     Ok(_) => {}
                 }
+                crate::crash::point("upload");
                 root.rename(&tmp, root, &rel).map_err(|e| io_err(&k, e))?;
+                crate::crash::point("upload");
                 let m = root.metadata(&rel).map_err(|e| io_err(&k, e))?;
                 Ok(meta_of(&k, &m))
             })

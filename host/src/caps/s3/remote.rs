@@ -136,6 +136,8 @@ impl S3Bucket {
             .upload_id()
             .ok_or_else(|| BackendError::Unavailable("server returned no upload id".into()))?
             .to_string();
+        // Crash points after each request: an upload killed anywhere in it.
+        crate::crash::point("upload");
         let result = async {
             let mut parts = Vec::new();
             let mut sent = 0u64;
@@ -172,6 +174,7 @@ impl S3Bucket {
                     .send()
                     .await
                     .map_err(|e| sdk_err(&format!("uploading part {number} of {key}"), e))?;
+                crate::crash::point("upload");
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
@@ -200,6 +203,7 @@ impl S3Bucket {
                 .send()
                 .await
                 .map_err(|e| sdk_err(&format!("completing upload of {key}"), e))?;
+            crate::crash::point("upload");
             Ok(())
         }
         .await;
@@ -393,6 +397,7 @@ impl Backend for S3Bucket {
                 .send()
                 .await
                 .map_err(|e| sdk_err(&format!("put {key}"), e))?;
+            crate::crash::point("upload");
             Ok(ObjectMeta {
                 key: key.to_string(),
                 size: len,

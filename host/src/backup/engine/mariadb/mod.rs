@@ -34,6 +34,8 @@ pub struct Incremental {
 
 pub struct Mariadb {
     pub server: Server,
+    /// drhost's private work directory (STATE_DIR/backup-work).
+    work: PathBuf,
 }
 
 fn quote(name: &str) -> String {
@@ -46,8 +48,20 @@ fn db_err(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> EngineError {
 }
 
 impl Mariadb {
-    pub fn new(server: Server) -> Self {
-        Mariadb { server }
+    pub fn new(server: Server, work: PathBuf) -> Self {
+        Mariadb { server, work }
+    }
+
+    /// A session with no default database (the URL's database left out).
+    async fn connect_to_server(&self) -> Result<MySqlConnection, EngineError> {
+        let mut url = self.server.url.clone();
+        url.set_path("");
+        MySqlConnection::connect(url.as_str())
+            .await
+            .map_err(db_err(format!(
+                "connecting to MariaDB at {} as {}",
+                self.server.host, self.server.user
+            )))
     }
 
     async fn connect(&self) -> Result<MySqlConnection, EngineError> {
@@ -139,6 +153,7 @@ impl Mariadb {
             .map_err(db_err(
                 "FLUSH BINARY LOGS (the account needs RELOAD or BINLOG ADMIN)",
             ))?;
+        crate::crash::point("backup-create");
         let rows = sqlx::raw_sql("SHOW BINARY LOGS")
             .fetch_all(&mut conn)
             .await
@@ -182,6 +197,7 @@ impl Mariadb {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
+        crate::crash::point("backup-create");
         let mut tar = Command::new("tar");
         tar.arg("-C").arg(&dir).arg("-cf").arg("-").args(&logs);
         let Reading {
@@ -224,7 +240,9 @@ impl Mariadb {
     /// "restorable" check: what a replay would read).
     pub fn decode_check(dir: &Path, logs: &[String]) -> Result<String, EngineError> {
         let mut cmd = Command::new("mariadb-binlog");
-        cmd.args(logs.iter().map(|l| dir.join(l)))
+        // See `replay`: archived logs may hold GTIDs out of order.
+        cmd.arg("--skip-gtid-strict-mode")
+            .args(logs.iter().map(|l| dir.join(l)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -261,9 +279,26 @@ impl Mariadb {
         let Place::Database(db) = staged else {
             return Err(EngineError::Config("a MariaDB copy is a database".into()));
         };
+        // An in-place restore in the window left swap::RESTORED_MARKER in
+        // the target's events; with the marker already in the copy, its
+        // replay fails there (statements naming databases run without a
+        // default database, so no replay ever sees them).
+        let marker = format!("{}.{}", quote(db), quote(swap::RESTORED_MARKER));
+        let mut server = self.connect_to_server().await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {marker} (restored BOOLEAN)"
+        )))
+        .execute(&mut server)
+        .await
+        .map_err(db_err(format!("preparing {db} for the replay")))?;
         let mut files: Vec<PathBuf> = logs.iter().map(|l| dir.join(l)).collect();
         let mut binlog = Command::new("mariadb-binlog");
         binlog
+            // A replay logs the replayed transactions with their original
+            // GTIDs (lower than the server's by then), so logs archived
+            // after any point-in-time restore hold GTIDs out of order: the
+            // strict mode (mariadb-binlog's default) refuses to read them.
+            .arg("--skip-gtid-strict-mode")
             .arg(format!("--database={source_db}"))
             .arg(format!("--rewrite-db={source_db}->{db}"))
             // --stop-datetime is read in the client's time zone.
@@ -307,12 +342,46 @@ impl Mariadb {
         static REPLAYS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _one_at_a_time = REPLAYS.lock().await;
         let mut admin = self.connect().await?;
-        let cache: Option<i64> =
-            match sqlx::query_scalar::<_, i64>("SELECT CAST(@@GLOBAL.thread_cache_size AS SIGNED)")
-                .fetch_one(&mut admin)
-                .await
-            {
-                Ok(n) => match sqlx::raw_sql("SET GLOBAL thread_cache_size = 0")
+        // Other drhost processes too: two replays interleaving their
+        // off/on would leave the cache off, or on during a replay.
+        let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK('drhost-replay', 3600)")
+            .fetch_one(&mut admin)
+            .await
+            .map_err(db_err("taking the replay lock"))?;
+        if locked != Some(1) {
+            return Err(EngineError::Db(
+                "another point-in-time replay on this server did not end within an hour".into(),
+            ));
+        }
+        // What the cache was, kept on disk while it is off: a replay
+        // killed midway leaves it off, and the next one puts it back.
+        let saved = self.work.join(format!(
+            "thread-cache-{}",
+            &crate::digest::sha256_hex(
+                format!("{}:{}", self.server.host, self.server.port.unwrap_or(3306)).as_bytes()
+            )[..16]
+        ));
+        use std::os::unix::fs::DirBuilderExt;
+        let left: Option<i64> = std::fs::read_to_string(&saved)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        let cache: Option<i64> = match sqlx::query_scalar::<_, i64>(
+            "SELECT CAST(@@GLOBAL.thread_cache_size AS SIGNED)",
+        )
+        .fetch_one(&mut admin)
+        .await
+        {
+            Ok(n) => {
+                let n = left.unwrap_or(n);
+                if let Err(e) = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.work)
+                    .and_then(|()| std::fs::write(&saved, n.to_string()))
+                {
+                    tracing::warn!("noting thread_cache_size in {}: {e}", saved.display());
+                }
+                match sqlx::raw_sql("SET GLOBAL thread_cache_size = 0")
                     .execute(&mut admin)
                     .await
                 {
@@ -320,17 +389,19 @@ impl Mariadb {
                     Err(e) => {
                         tracing::warn!(
                             "cannot turn the thread cache off for the replay ({e}): after it, new \
-                         connections may see the binary logs' time in NOW() until \
-                         `SET GLOBAL thread_cache_size = 0` and back"
+                             connections may see the binary logs' time in NOW() until \
+                             `SET GLOBAL thread_cache_size = 0` and back"
                         );
                         None
                     }
-                },
-                Err(e) => {
-                    tracing::warn!("reading thread_cache_size: {e}");
-                    None
                 }
-            };
+            }
+            Err(e) => {
+                tracing::warn!("reading thread_cache_size: {e}");
+                None
+            }
+        };
+        crate::crash::point("restore");
         let replayed = tokio::task::spawn_blocking(move || {
             let mut reader = binlog.spawn().map_err(io_err("starting mariadb-binlog"))?;
             let read_errors = drain_stderr(reader.stderr.take());
@@ -350,6 +421,7 @@ impl Mariadb {
         })
         .await
         .map_err(|e| EngineError::Db(format!("replay task: {e}")));
+        crate::crash::point("restore");
         if cache.is_some() {
             // The client has exited, but its thread on the server may still
             // be ending: turned back on now, the cache could keep it, fake
@@ -367,21 +439,44 @@ impl Mariadb {
                 tokio::time::sleep(std::time::Duration::from_millis(25)).await;
             }
         }
-        if let Some(n) = cache
-            && let Err(e) =
-                sqlx::raw_sql(AssertSqlSafe(format!("SET GLOBAL thread_cache_size = {n}")))
-                    .execute(&mut admin)
-                    .await
-        {
-            tracing::warn!("restoring thread_cache_size = {n}: {e}");
+        if let Some(n) = cache {
+            match sqlx::raw_sql(AssertSqlSafe(format!("SET GLOBAL thread_cache_size = {n}")))
+                .execute(&mut admin)
+                .await
+            {
+                Ok(_) => {
+                    crate::crash::point("restore");
+                    let _ = std::fs::remove_file(&saved);
+                }
+                Err(e) => tracing::warn!("restoring thread_cache_size = {n}: {e}"),
+            }
         }
+        // Ends the session, and with it the replay lock.
         let _ = admin.close().await;
-        replayed?
+        match replayed? {
+            Err(EngineError::Tool { message, .. }) if message.contains(swap::RESTORED_MARKER) => {
+                return Err(EngineError::Config(format!(
+                    "the binary logs replayed hold an in-place restore of {source_db}: the events \
+                     after it apply to the restored data, which no replay of backups taken before \
+                     it can rebuild; restore to a point in time before that restore, or from a \
+                     full backup taken after it"
+                )));
+            }
+            other => other?,
+        }
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE {marker}")))
+            .execute(&mut server)
+            .await
+            .map_err(db_err(format!("finishing the replay into {db}")))?;
+        let _ = server.close().await;
+        Ok(())
     }
 
     pub async fn load(&self, purpose: Purpose) -> Result<Load, EngineError> {
         let name = scratch_name(&self.server.database, &purpose.tag(), 64);
-        let mut conn = self.connect().await?;
+        // No default database: a later replay of the target's events never
+        // runs these statements (see swap.rs).
+        let mut conn = self.connect_to_server().await?;
         // A verification's scratch copy is nobody else's business: kept out
         // of the binary log, replicas never apply it and the next incremental
         // never archives it. (A restore's staging copy is logged: replicas
@@ -497,7 +592,7 @@ impl Mariadb {
 
     pub async fn discard(&self, place: &Place) -> Result<(), EngineError> {
         if let Place::Database(db) = place {
-            let mut conn = self.connect().await?;
+            let mut conn = self.connect_to_server().await?;
             // A verification copy was never logged: neither is its removal.
             if db.contains("_drhost_verify_") {
                 self.unlog(&mut conn).await;
@@ -553,11 +648,11 @@ impl Mariadb {
     }
 
     /// Statements that put the stored procedures and functions of `staged`
-    /// into `target` (replacing same-named ones), each under its sql_mode.
+    /// into the session's database (replacing same-named ones), each under
+    /// its sql_mode.
     async fn routine_statements(
         conn: &mut MySqlConnection,
         staged: &str,
-        target: &str,
     ) -> Result<Vec<String>, EngineError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT CAST(routine_name AS CHAR), CAST(routine_type AS CHAR) \
@@ -589,11 +684,9 @@ impl Mariadb {
                 .try_get(2)
                 .map_err(db_err(format!("reading {kind} {name}")))?;
             let mode = mode.replace('\\', "\\\\").replace('\'', "''");
-            out.push(format!(
-                "DROP {kind} IF EXISTS {}.{}",
-                quote(target),
-                quote(&name)
-            ));
+            // Unqualified, run in the target (see swap.rs: a replay must
+            // never reach production through a qualified name).
+            out.push(format!("DROP {kind} IF EXISTS {}", quote(&name)));
             out.push(format!("SET SESSION sql_mode = '{mode}'"));
             out.push(sql);
         }

@@ -23,6 +23,19 @@
 //! from its first statement to its last. The server releases it when the
 //! session ends, so a journal or staging copy found while holding the lock
 //! belongs to a restore that is dead, never to one still running.
+//!
+//! The binary log records the swap too, and a later point-in-time restore
+//! replays the target's events from it (`mariadb-binlog --database=TARGET`,
+//! which selects statements by their session's default database). So every
+//! statement naming databases — the journal, `DROP TRIGGER`, `RENAME
+//! TABLE`, views, `DROP DATABASE` — runs on the lock's session, which has
+//! no default database: a replay never sees them, and never runs them
+//! against production. Only what must be written relative to the target
+//! (triggers and routines, whose `SHOW CREATE` text names neither database)
+//! runs on a session in the target, after a marker table is created there
+//! ([`RESTORED_MARKER`]): a replay finds the marker and refuses, because
+//! events after an in-place restore apply to the restored data, which no
+//! replay of earlier backups can rebuild.
 
 use super::{Mariadb, db_err, quote};
 use crate::backup::engine::{EngineError, Place, Purpose, scratch_name};
@@ -32,6 +45,11 @@ use sqlx::{AssertSqlSafe, Connection};
 
 /// The table in `<target>_drhost_old` that holds the journal.
 const JOURNAL: &str = "__drhost_swap_journal";
+
+/// Created (and dropped) in the target by every swap that replaced its
+/// tables, from a session in the target, so it is in the target's events;
+/// a replay runs into a staged copy that already holds it and stops there.
+pub const RESTORED_MARKER: &str = "__drhost_restored";
 
 /// A trigger as `SHOW CREATE TRIGGER` gives it: name, the `SET sql_mode`
 /// it was created under, its `CREATE TRIGGER` statement.
@@ -104,7 +122,9 @@ impl Mariadb {
         &self,
         wait: std::time::Duration,
     ) -> Result<Option<SwapLock>, EngineError> {
-        let mut conn = self.connect().await?;
+        // No default database: what the swap runs here is never replayed
+        // (see the module's comment).
+        let mut conn = self.connect_to_server().await?;
         // Lock names are server-wide and at most 64 characters.
         let name = format!(
             "drhost-restore-{}",
@@ -138,7 +158,7 @@ impl Mariadb {
             target_triggers: Self::trigger_statements(conn, target).await?,
             staged_triggers: Self::trigger_statements(conn, staged).await?,
             views: Self::view_statements(conn, staged, target).await?,
-            routines: Self::routine_statements(conn, staged, target).await?,
+            routines: Self::routine_statements(conn, staged).await?,
         };
         let body = serde_json::to_string(&journal)
             .map_err(|e| EngineError::Config(format!("writing the swap journal: {e}")))?;
@@ -331,20 +351,23 @@ impl Mariadb {
         j: &Journal,
     ) -> Result<(), EngineError> {
         let old = self.old_name();
-        let mut after = vec![format!("USE {}", quote(&j.target))];
-        after.extend(create_triggers(&j.target, &j.staged_triggers));
-        after.extend(j.views.iter().cloned());
-        after.extend(j.routines.iter().cloned());
-        run(
-            conn,
-            &after,
-            &format!(
-                "the restored tables are in place, but recreating their triggers, views and routines failed \
-                 (the replaced tables are kept in database {old}; the next restore or backup of {} tries again)",
-                j.target
-            ),
-        )
-        .await?;
+        let failed = format!(
+            "the restored tables are in place, but recreating their triggers, views and routines failed \
+             (the replaced tables are kept in database {old}; the next restore or backup of {} tries again)",
+            j.target
+        );
+        let marker = format!("{}.{}", quote(&j.target), quote(RESTORED_MARKER));
+        run(conn, &[format!("DROP TABLE IF EXISTS {marker}")], &failed).await?;
+        let mut inside = vec![format!(
+            "CREATE TABLE {} (restored BOOLEAN)",
+            quote(RESTORED_MARKER)
+        )];
+        inside.extend(create_triggers(&j.staged_triggers));
+        inside.extend(j.routines.iter().cloned());
+        self.run_in_target(&inside, &failed).await?;
+        let mut after = j.views.clone();
+        after.push(format!("DROP TABLE {marker}"));
+        run(conn, &after, &failed).await?;
         run(
             conn,
             &[
@@ -361,9 +384,11 @@ impl Mariadb {
     /// caller, who discards it.
     async fn roll_back(&self, conn: &mut MySqlConnection, j: &Journal) -> Result<(), EngineError> {
         let old = self.old_name();
-        let mut back = vec![format!("USE {}", quote(&j.target))];
-        back.extend(create_triggers(&j.target, &j.target_triggers));
-        run(conn, &back, "recreating the target's triggers").await?;
+        self.run_in_target(
+            &create_triggers(&j.target_triggers),
+            "recreating the target's triggers",
+        )
+        .await?;
         run(
             conn,
             &[format!("DROP DATABASE {}", quote(&old))],
@@ -430,20 +455,29 @@ fn drop_triggers(db: &str, triggers: &[Trigger]) -> Vec<String> {
 }
 
 /// Each trigger dropped if present and created under its own sql_mode, so
-/// the statements may run again after a crash.
-fn create_triggers(db: &str, triggers: &[Trigger]) -> Vec<String> {
+/// the statements may run again after a crash. Unqualified: they run in the
+/// target (and a replay would run them in its staged copy).
+fn create_triggers(triggers: &[Trigger]) -> Vec<String> {
     let mut out = Vec::new();
     for (name, mode, sql) in triggers {
-        out.push(format!(
-            "DROP TRIGGER IF EXISTS {}.{}",
-            quote(db),
-            quote(name)
-        ));
+        out.push(format!("DROP TRIGGER IF EXISTS {}", quote(name)));
         out.push(mode.clone());
         out.push(sql.clone());
     }
     out.push("SET SESSION sql_mode = DEFAULT".into());
     out
+}
+
+impl Mariadb {
+    /// Runs statements on a session of its own whose default database is
+    /// the target (what `SHOW CREATE TRIGGER`/`PROCEDURE` gives names no
+    /// database).
+    async fn run_in_target(&self, statements: &[String], what: &str) -> Result<(), EngineError> {
+        let mut conn = self.connect().await?;
+        let ran = run(&mut conn, statements, what).await;
+        let _ = conn.close().await;
+        ran
+    }
 }
 
 /// Runs statements one by one, with a crash point after each.
