@@ -562,8 +562,31 @@ async fn postgres_tls_is_the_relays_and_checks_what_sslmode_says() {
         let rows = ok(&caps, "db.query", &[("conn", "main"), ("sql", encrypted)]).await;
         assert_eq!(get(&rows, "row"), Some(tls), "{what}");
     }
-    // Refused: a name the certificate does not carry, a root nobody trusts.
+    // On the server's Unix socket PostgreSQL offers no TLS: plaintext under
+    // prefer, a refusal that says so where TLS is required.
+    let mut pg = sqlx::PgConnection::connect(&url).await.unwrap();
+    let dirs: String = sqlx::query_scalar("SHOW unix_socket_directories")
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+    let socket_dir = dirs.split(',').next().unwrap().trim().to_string();
+    let socket = format!("postgres://postgres@localhost/test?host={socket_dir}");
+    let on_socket = caps(&grant("main", &socket, "read-write"), dir.path()).await;
+    let rows = ok(
+        &on_socket,
+        "db.query",
+        &[("conn", "main"), ("sql", encrypted)],
+    )
+    .await;
+    assert_eq!(get(&rows, "row"), Some("bool:false"), "Unix socket");
+    // Refused: a name the certificate does not carry, a root nobody trusts,
+    // TLS required where the server offers none.
     for (what, url, why) in [
+        (
+            "require on a Unix socket",
+            with_params(&socket, "sslmode=require"),
+            "Unix socket",
+        ),
         (
             "verify-full to an address the certificate does not name",
             with_params(&url, &format!("sslmode=verify-full&sslrootcert={snakeoil}")),

@@ -601,7 +601,10 @@ impl DurationText {
         let t = s.trim();
         let invalid =
             || format!("invalid duration {s:?}: expected e.g. \"30s\", \"2m\" or \"1m30s\"");
-        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        if t.is_empty() {
+            return Err(invalid());
+        }
+        if t.bytes().all(|b| b.is_ascii_digit()) {
             return t
                 .parse()
                 .map(|n| DurationText(std::time::Duration::from_secs(n)))
@@ -633,9 +636,6 @@ impl DurationText {
                 .checked_mul(per)
                 .and_then(|v| ms.checked_add(v))
                 .ok_or_else(|| format!("duration {s:?} is too long"))?;
-        }
-        if t.is_empty() {
-            return Err(invalid());
         }
         Ok(DurationText(std::time::Duration::from_millis(ms)))
     }

@@ -324,9 +324,9 @@ impl Backups {
         let Some(secret) = &self.config.keys.identity else {
             return Ok(None);
         };
-        let text = match secret.describe().strip_prefix("env:") {
-            Some(_) => secret.resolve().map_err(BackupError::Config)?,
-            None => {
+        let text = match secret.is_env() {
+            true => secret.resolve().map_err(BackupError::Config)?,
+            false => {
                 let path = self.config.resolve(std::path::Path::new(
                     &secret.resolve().map_err(BackupError::Config)?,
                 ));

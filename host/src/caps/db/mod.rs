@@ -999,9 +999,14 @@ impl Conn {
                 // TLS is the relay's (it must read the message headers), with
                 // the URL's sslmode and certificates; the driver speaks
                 // plaintext to it on a private socket.
-                let files = tls::TlsFiles::from_url(&url, |v| std::env::var(v).ok());
-                let tls = tls::PgTls::new(opts.get_ssl_mode(), opts.get_host(), &files)
-                    .map_err(|e| format!("[db.{name}]: {e}"))?;
+                let tls = match &upstream {
+                    meter::Upstream::Tcp(host, _) => {
+                        let files = tls::TlsFiles::from_url(&url, |v| std::env::var(v).ok());
+                        tls::PgTls::new(opts.get_ssl_mode(), host, &files)
+                    }
+                    meter::Upstream::Unix(_) => tls::for_unix_socket(opts.get_ssl_mode()),
+                }
+                .map_err(|e| format!("[db.{name}]: {e}"))?;
                 let relay = self.meter(
                     upstream,
                     meter::Protocol::Postgres(tls),

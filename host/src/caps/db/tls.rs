@@ -147,6 +147,20 @@ impl PgTls {
     }
 }
 
+/// What `mode` asks of a relay whose server is on a Unix socket, where
+/// PostgreSQL offers no TLS: plaintext where the mode accepts it (as the
+/// server's `N` would give), else a refusal that says why.
+pub fn for_unix_socket(mode: PgSslMode) -> Result<Option<PgTls>, String> {
+    match mode {
+        PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => Ok(None),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull => Err(
+            "the URL's sslmode requires TLS, which PostgreSQL does not offer on a Unix socket \
+             (connect over TCP, or use sslmode=prefer)"
+                .into(),
+        ),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
     Nothing,
@@ -314,5 +328,22 @@ mod tests {
         };
         let e = PgTls::new(PgSslMode::Require, "h", &half).unwrap_err();
         assert!(e.contains("together"), "{e}");
+    }
+
+    #[test]
+    fn a_unix_socket_speaks_plaintext_where_the_mode_allows_and_refuses_where_it_requires_tls() {
+        assert!(for_unix_socket(PgSslMode::Prefer).unwrap().is_none());
+        assert!(for_unix_socket(PgSslMode::Disable).unwrap().is_none());
+        let e = for_unix_socket(PgSslMode::VerifyFull).unwrap_err();
+        assert!(e.contains("Unix socket"), "{e}");
+        // A socket directory is no host name: TCP-only TLS set-up refuses it.
+        assert!(
+            PgTls::new(
+                PgSslMode::Prefer,
+                "/var/run/postgresql",
+                &TlsFiles::default()
+            )
+            .is_err()
+        );
     }
 }
